@@ -1,0 +1,52 @@
+# Set-up is two commands: `make run` and `make test`. Both create .venv and
+# install what they need into it; a second run only rebuilds what changed.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+CONFIG ?= config.toml
+# The CPU build of torch, pinned: never let pip resolve another torch (a range
+# that admits newer releases pulls a multi-GB CUDA build).
+TORCH  := torch==2.13.0
+
+PYX  := $(wildcard ext/*.pyx)
+SO   := $(patsubst ext/%.pyx,router/%_c.stamp,$(PYX))
+DEMO := model-store/fraud/1/model.pt
+
+.PHONY: run test build demo lint bench bench-smoke clean
+
+run: build demo
+	$(PY) -m router serve --config $(CONFIG)
+
+test: build
+	$(PY) -m ruff check .
+	$(PY) -m pytest
+	# The pure-Python twins must pass the same protocol tests as the extensions.
+	ROUTER_NO_EXTENSIONS=1 $(PY) -m pytest -q tests/test_framing.py tests/test_protocol_wire.py
+
+build: $(STAMP) $(SO)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml setup.py | $(PY)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel Cython
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q --no-build-isolation -e '.[dev]'
+	touch $@
+
+router/%_c.stamp: ext/%.pyx $(STAMP)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+demo: build $(DEMO)
+
+$(DEMO):
+	$(PY) -m router demo-models --config $(CONFIG)
+
+lint: build
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf build router/*.so router/*.stamp ext/*.c ext/*.html

@@ -1,0 +1,7 @@
+"""``python -m router``: same as the ``router`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,214 @@
+"""The HTTP front: Open Inference Protocol v2 (JSON, binary tensors, msgpack bodies) and /metrics.
+
+The handlers read only the path, the headers and the body's length; the body
+goes to a worker as bytes and the worker's reply comes back as bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__
+from .errors import BadRequest, InferenceError, NotFound, PayloadTooLarge, WorkerUnavailable
+from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from .meta import ModelMeta
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("router.http")
+
+_HCL = "Inference-Header-Content-Length"
+_CONTENT_TYPES = {FMT_JSON: "application/json", FMT_MSGPACK: "application/msgpack"}
+_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
+
+
+def error_response(status: int, message: str) -> web.Response:
+    """``{"error": message}`` with ``status``: the only error shape callers ever see."""
+    return web.Response(status=status, body=json.dumps({"error": message}).encode(),
+                        content_type="application/json")
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Turn aiohttp's HTML/text errors (404 route, 405, 413) into ``{"error"}`` bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(413, f"body of {exc.actual_size} bytes exceeds the limit of "
+                                   f"{exc.max_size} bytes")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason if exc.text is None or exc.text.startswith(str(exc.status))
+                              else exc.text)
+
+
+def _model_metadata(name: str, versions: list[str], meta: ModelMeta) -> dict[str, Any]:
+    return {
+        "name": name,
+        "versions": versions,
+        "platform": meta.platform,
+        "inputs": [t.to_json() for t in meta.inputs],
+        "outputs": [t.to_json() for t in meta.outputs],
+    }
+
+
+class Handlers:
+    """Route handlers bound to one :class:`Server`."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.pools = server.pools
+        self.metrics = server.metrics
+        self.max_body = server.config.server.max_body_bytes
+        self.loop = asyncio.get_running_loop()
+
+    async def live(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def ready(self, request: web.Request) -> web.Response:
+        if self.server.draining:
+            return error_response(503, "server is shutting down")
+        if not self.server.started or not self.pools.ready:
+            return error_response(503, "not every worker is live yet")
+        return web.Response(status=200)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return web.json_response({"name": "model-router", "version": __version__,
+                                  "extensions": ["binary_tensor_data", "msgpack"]})
+
+    def _route(self, request: web.Request):  # -> (ModelRoute, VersionPool | None)
+        name = request.match_info["model"]
+        route = self.pools.models.get(name)
+        if route is None:
+            raise NotFound(f"unknown model {name!r}")
+        v = request.match_info.get("version")
+        if v is None:
+            return route, None
+        pool = route.versions.get(v)
+        if pool is None:
+            raise NotFound(f"unknown version {v!r} of model {name!r}")
+        return route, pool
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        try:
+            route, pool = self._route(request)
+        except NotFound as exc:
+            return error_response(404, str(exc))
+        if pool is None:
+            # The heaviest-weighted version speaks for the model: it answers most callers.
+            pool = max(route.versions.values(), key=lambda p: p.vc.weight)
+            versions = [v for v, p in route.versions.items() if p.vc.weight > 0]
+        else:
+            versions = [pool.version]
+        return web.json_response(_model_metadata(route.name, versions, pool.meta))
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        try:
+            route, pool = self._route(request)
+        except NotFound as exc:
+            return error_response(404, str(exc))
+        ok = bool(pool.live) if pool is not None else len(route.table) > 0
+        if self.server.draining or not ok:
+            return error_response(503, "model has no live worker" if not ok else "server is shutting down")
+        return web.Response(status=200)
+
+    async def infer(self, request: web.Request) -> web.Response:
+        loop = self.loop
+        t0 = loop.time()
+        mi = request.match_info
+        model = mi["model"]
+        version = mi.get("version")
+        route = self.pools.models.get(model)
+        if route is None:
+            return error_response(404, f"unknown model {model!r}")
+        counts = self.metrics.in_flight
+        key = (model, "http")
+        counts[key] += 1
+        answered = version or ""
+        try:
+            try:
+                status, hlen, payload, answered = await self._infer(request, route, model, version, t0)
+            except InferenceError as exc:
+                status, hlen, payload = exc.status, 0, exc.message.encode()
+            if status != 200:
+                resp = error_response(status, payload.decode(errors="replace"))
+            elif hlen:
+                resp = web.Response(body=payload, content_type="application/octet-stream",
+                                    headers={_HCL: str(hlen)})
+            else:
+                resp = web.Response(body=payload, content_type=self._reply_type(request))
+        finally:
+            counts[key] -= 1
+        self.metrics.observe(model, answered, "http", status, loop.time() - t0)
+        return resp
+
+    @staticmethod
+    def _reply_type(request: web.Request) -> str:
+        ct = request.headers.get("Content-Type", "")
+        return "application/msgpack" if ct.startswith(_MSGPACK_TYPES) else "application/json"
+
+    async def _infer(self, request: web.Request, route: Any, model: str, version: str | None,
+                     t0: float) -> tuple[int, int, bytes, str]:
+        if self.server.draining:
+            raise WorkerUnavailable("server is shutting down")
+        n = request.content_length
+        if n is not None and n > self.max_body:
+            raise PayloadTooLarge(f"body of {n} bytes exceeds the limit of {self.max_body} bytes")
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLarge(f"body exceeds the limit of {self.max_body} bytes") from None
+        headers = request.headers
+        hdr = headers.get(_HCL)
+        if hdr is not None:
+            kind = FMT_BINARY
+            try:
+                hlen = int(hdr)
+            except ValueError:
+                hlen = -1
+            if not 0 <= hlen <= len(body):
+                raise BadRequest(f"{_HCL} must be an integer in 0..{len(body)} (the body length), got {hdr!r}")
+        else:
+            hlen = 0
+            kind = FMT_MSGPACK if headers.get("Content-Type", "").startswith(_MSGPACK_TYPES) else FMT_JSON
+        rk = route.routing_key
+        key = headers.get(rk) if rk is not None else None
+        fut: asyncio.Future[tuple[int, int, bytes]] = self.loop.create_future()
+
+        def done(status: int, hl: int, payload: bytes) -> None:
+            if not fut.done():
+                fut.set_result((status, hl, payload))
+
+        answered = self.pools.submit(model, version, key, kind, hlen, body, done, t0)
+        status, hl, payload = await fut
+        return status, hl, payload, answered
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(server: Server) -> web.Application:
+    """The aiohttp application serving OIP v2 and /metrics for ``server``."""
+    app = web.Application(middlewares=[json_errors], client_max_size=server.config.server.max_body_bytes)
+    app[SERVER_KEY] = server
+    h = Handlers(server)
+    r = app.router
+    r.add_get("/v2/health/live", h.live)
+    r.add_get("/v2/health/ready", h.ready)
+    r.add_get("/v2", h.server_metadata)
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        r.add_get(base, h.model_metadata)
+        r.add_get(base + "/ready", h.model_ready)
+        r.add_post(base + "/infer", h.infer)
+    r.add_get("/metrics", h.metrics_endpoint)
+    return app

@@ -1,0 +1,89 @@
+"""Every error model-router raises, in one place.
+
+Each class maps to exactly one HTTP status and one msgpack reply status (the
+same number), so an error raised in a worker travels to the router as a code
+and back to the caller as the same class (see :func:`from_status`).
+"""
+
+from __future__ import annotations
+
+
+class RouterError(Exception):
+    """Root of every model-router error."""
+
+    status: int = 500
+
+    def __init__(self, message: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(RouterError, ValueError):
+    """The configuration is invalid; the message names the dotted key path."""
+
+    status = 400
+
+
+class FrameError(RouterError, ValueError):
+    """A length-prefixed frame or its msgpack envelope is malformed."""
+
+    status = 400
+
+
+class InferenceError(RouterError):
+    """A request failed; ``status`` is its HTTP / msgpack status code."""
+
+
+class BadRequest(InferenceError, ValueError):
+    """Malformed body, or inputs that do not match the model's signature."""
+
+    status = 400
+
+
+class NotFound(InferenceError, LookupError):
+    """Unknown model or version."""
+
+    status = 404
+
+
+class PayloadTooLarge(InferenceError):
+    """The body is larger than ``server.max_body_bytes``."""
+
+    status = 413
+
+
+class WorkerUnavailable(InferenceError):
+    """No live worker can take the request (dead, starting, or overloaded)."""
+
+    status = 503
+
+
+class DeadlineExceeded(InferenceError):
+    """No answer within ``server.request_timeout_ms``."""
+
+    status = 504
+
+
+class InternalError(InferenceError):
+    """The model raised while running a well-formed request."""
+
+    status = 500
+
+
+_BY_STATUS: dict[int, type[InferenceError]] = {
+    cls.status: cls
+    for cls in (BadRequest, NotFound, PayloadTooLarge, WorkerUnavailable, DeadlineExceeded, InternalError)
+}
+
+
+def from_status(status: int, message: str) -> InferenceError:
+    """Build the typed error for a status code received from a worker or a server."""
+    cls = _BY_STATUS.get(status)
+    if cls is None:
+        return InferenceError(message, status)
+    return cls(message)

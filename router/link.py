@@ -1,0 +1,68 @@
+"""Constants of the router <-> worker link, shared by ``router`` and ``runtime``.
+
+The link is a Unix stream socket (one ``socketpair`` per worker) carrying
+length-prefixed msgpack frames (see :mod:`router.framing`).
+
+Both directions use one fixed-width frame layout (see :func:`pack`).
+
+Router -> worker, a msgpack array ``[rid, kind, header_len, payload]``:
+    ``rid`` (uint, > 0) matches the reply; ``kind`` is a body format below or
+    ``KIND_WARMUP``; ``header_len`` is the OIP ``Inference-Header-Content-Length``
+    (0 when absent); ``payload`` (bin) is the caller's body, untouched.
+
+Worker -> router, a msgpack array ``[rid, status, header_len, payload]``:
+    ``status`` is an HTTP status code; on 200 ``payload`` is the encoded reply
+    in the request's format and ``header_len`` its JSON header length (binary
+    outputs only, else 0); otherwise ``payload`` is the UTF-8 error message.
+    ``rid == 0`` carries ``STATUS_HELLO`` once the model is loaded, with a
+    msgpack map payload describing the worker (pid, device, cpus, threads).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .errors import FrameError
+
+#: Body formats: how the worker decodes a request and encodes its reply.
+FMT_JSON = 0  # OIP JSON
+FMT_BINARY = 1  # OIP JSON header + binary tensor data
+FMT_MSGPACK = 2  # msgpack inference body (HTTP application/msgpack and TCP frames)
+#: Run the model's example input end to end (decode, batch, forward, encode).
+KIND_WARMUP = 9
+
+STATUS_HELLO = 1
+
+# Every link frame has the same fixed-width layout, which is valid msgpack
+# (array of 4: uint32 rid, uint16 code, uint32 header_len, bin32 payload) and
+# lets both sides pack and parse it with one struct call instead of a general
+# msgpack encoder: frame length, then the 19-byte array head, then the payload.
+_FRAME = struct.Struct(">IBBIBHBIBI")
+_HEAD = struct.Struct(">BBIBHBIBI")
+HEAD_SIZE = _HEAD.size
+
+
+def pack(rid: int, code: int, header_len: int, payload: bytes) -> bytes:
+    """A whole link frame (length prefix included) carrying ``payload``."""
+    n = len(payload)
+    return _FRAME.pack(HEAD_SIZE + n, 0x94, 0xCE, rid, 0xCD, code, 0xCE, header_len, 0xC6, n) + payload
+
+
+def pack_head(rid: int, code: int, header_len: int, n: int) -> bytes:
+    """The length prefix and head of a frame whose ``n``-byte payload is written separately."""
+    return _FRAME.pack(HEAD_SIZE + n, 0x94, 0xCE, rid, 0xCD, code, 0xCE, header_len, 0xC6, n)
+
+
+def unpack(body: bytes) -> tuple[int, int, int, bytes]:
+    """Split a link frame body into ``(rid, code, header_len, payload)``.
+
+    Raises:
+        FrameError: the body does not have the fixed link layout.
+    """
+    try:
+        a, b, rid, c, code, d, hlen, e, n = _HEAD.unpack_from(body)
+    except struct.error:
+        raise FrameError("link frame shorter than its head") from None
+    if (a, b, c, d, e) != (0x94, 0xCE, 0xCD, 0xCE, 0xC6) or n != len(body) - HEAD_SIZE:
+        raise FrameError("link frame does not have the fixed link layout")
+    return rid, code, hlen, body[HEAD_SIZE:]

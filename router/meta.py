@@ -1,0 +1,144 @@
+"""A model version's ``meta.json``: its tensor signature and example input.
+
+Shared by the router (model metadata endpoints, never tensors) and the workers
+(decoding and validation). Pure Python: the router must not import numpy-heavy
+or torch code just to describe a model.
+
+Layout of ``<store>/<model>/<version>/meta.json``::
+
+    {"name": "fraud", "version": "1", "platform": "pytorch_torchscript",
+     "inputs":  [{"name": "features", "datatype": "FP32", "shape": [-1, 8]}],
+     "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+     "example": {"features": [[0.1, ...]]},
+     "sha256": "...", "size": 1234, "created": "2026-01-01T00:00:00Z"}
+
+A ``-1`` dimension is variable. A model is batchable when every input and
+output has a variable first dimension: requests are then concatenated along
+dim 0.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+#: OIP datatype -> numpy dtype name (little-endian on the wire). BYTES and BF16
+#: have no TorchScript tensor equivalent here, so they are not served.
+DATATYPES: dict[str, str] = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT8": "int8",
+    "INT16": "int16",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+
+META_FILE = "meta.json"
+MODEL_FILE = "model.pt"
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """One named tensor of a model's signature."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+
+@dataclass(frozen=True, slots=True)
+class ModelMeta:
+    """What a model version declares about itself."""
+
+    name: str
+    version: str
+    platform: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    example: dict[str, Any]
+    sha256: str = ""
+    size: int = 0
+    created: str = ""
+
+    @property
+    def batchable(self) -> bool:
+        """True when every tensor's first dimension is variable."""
+        return all(t.shape and t.shape[0] == -1 for t in self.inputs + self.outputs)
+
+
+def _specs(raw: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"{where}: must be a non-empty list of tensors")
+    out = []
+    seen = set()
+    for i, t in enumerate(raw):
+        at = f"{where}[{i}]"
+        if not isinstance(t, dict):
+            raise ConfigError(f"{at}: must be a table")
+        name, dt, shape = t.get("name"), t.get("datatype"), t.get("shape")
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{at}.name: must be a non-empty string")
+        if name in seen:
+            raise ConfigError(f"{at}.name: duplicate tensor name {name!r}")
+        seen.add(name)
+        if dt not in DATATYPES:
+            raise ConfigError(f"{at}.datatype: {dt!r} is not one of {', '.join(DATATYPES)}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= -1 for d in shape):
+            raise ConfigError(f"{at}.shape: must be a list of ints >= -1")
+        out.append(TensorSpec(name, dt, tuple(shape)))
+    return tuple(out)
+
+
+def parse_meta(raw: Any, where: str = "meta.json") -> ModelMeta:
+    """Validate a decoded ``meta.json`` document.
+
+    Raises:
+        ConfigError: naming the field that is wrong.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a JSON object")
+    inputs = _specs(raw.get("inputs"), f"{where}: inputs")
+    outputs = _specs(raw.get("outputs"), f"{where}: outputs")
+    example = raw.get("example", {})
+    if not isinstance(example, dict) or set(example) != {t.name for t in inputs}:
+        raise ConfigError(f"{where}: example must give every input by name")
+    return ModelMeta(
+        name=str(raw.get("name", "")),
+        version=str(raw.get("version", "")),
+        platform=str(raw.get("platform", "pytorch_torchscript")),
+        inputs=inputs,
+        outputs=outputs,
+        example=example,
+        sha256=str(raw.get("sha256", "")),
+        size=int(raw.get("size", 0)),
+        created=str(raw.get("created", "")),
+    )
+
+
+def read_meta(version_dir: str | Path) -> ModelMeta:
+    """Read and validate ``<version_dir>/meta.json``.
+
+    Raises:
+        ConfigError: the file is missing, not JSON, or not a valid signature.
+    """
+    path = Path(version_dir) / META_FILE
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: missing") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: unreadable: {exc}") from None
+    return parse_meta(raw, str(path))

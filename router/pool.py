@@ -1,0 +1,195 @@
+"""Worker pools per model version, the routing table, and request dispatch.
+
+The routing table of a model lists only versions that have a live replica,
+so a version whose workers are all down stops receiving traffic at once and
+gets it back when a replica is live again. It is rebuilt (one assignment) on
+every replica state change, never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from .config import Config, ModelConfig, VersionConfig
+from .errors import ConfigError, NotFound, WorkerUnavailable
+from .meta import MODEL_FILE, ModelMeta, read_meta
+from .metrics import Metrics
+from .splitter import WeightTable
+from .supervisor import Call, Replica
+
+log = logging.getLogger("router.pool")
+
+Done = Callable[[int, int, bytes], None]
+
+
+class VersionPool:
+    """The replicas of one version; picks the least loaded of two random live ones."""
+
+    def __init__(self, model: str, vc: VersionConfig, meta: ModelMeta, replicas: list[Replica]) -> None:
+        self.model = model
+        self.vc = vc
+        self.version = vc.version
+        self.meta = meta
+        self.replicas = replicas
+        self.live: list[Replica] = []
+
+    def refresh(self) -> None:
+        self.live = [r for r in self.replicas if r.live]
+
+    def pick(self) -> Replica | None:
+        live = self.live
+        n = len(live)
+        if n == 0:
+            return None
+        if n == 1:
+            return live[0]
+        # Power of two choices: near-optimal balance without scanning every replica.
+        a, b = random.sample(live, 2)
+        return a if a.outstanding <= b.outstanding else b
+
+
+class ModelRoute:
+    """One model's versions and its live weight table."""
+
+    def __init__(self, mc: ModelConfig, pools: dict[str, VersionPool]) -> None:
+        self.config = mc
+        self.name = mc.name
+        self.routing_key = mc.routing_key
+        self.versions = pools
+        self.table = WeightTable((), ())
+
+    def rebuild(self) -> None:
+        """Swap in a new table of live versions with weight > 0 (one assignment)."""
+        live = [(p.version, p.vc.weight) for p in self.versions.values() if p.live and p.vc.weight > 0]
+        self.table = WeightTable(tuple(v for v, _ in live), tuple(w for _, w in live))
+
+    @property
+    def ready(self) -> bool:
+        return all(p.live for p in self.versions.values())
+
+
+def resolve_meta(store: Path, model: str, version: str, where: str) -> tuple[Path, ModelMeta]:
+    """Find and validate ``<store>/<model>/<version>``.
+
+    Raises:
+        ConfigError: the directory, model file or meta.json is missing or invalid.
+    """
+    d = store / model / version
+    if not (d / MODEL_FILE).is_file():
+        raise ConfigError(f"{where}: no model file at {d / MODEL_FILE} (run `router demo-models` for the demo)")
+    return d, read_meta(d)
+
+
+class Pools:
+    """All models' pools: started together, dispatched to, stopped together.
+
+    Args:
+        config: the validated configuration.
+        metrics: where worker up/down and restarts are counted.
+    """
+
+    def __init__(self, config: Config, metrics: Metrics) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.timeout = config.server.request_timeout_ms / 1000
+        self.max_inflight = config.server.max_inflight_per_worker
+        self.models: dict[str, ModelRoute] = {}
+        self.replicas: list[Replica] = []
+        max_frame = config.server.max_body_bytes + 4096
+        for i, mc in enumerate(config.models):
+            pools = {}
+            for j, vc in enumerate(mc.versions):
+                where = f"models[{i}].versions[{j}]"
+                d, meta = resolve_meta(config.store_path, mc.name, vc.version, where)
+                reps = [
+                    Replica(mc.name, vc, k, d, max_frame, config.server.worker_start_timeout_s, self._on_state)
+                    for k in range(vc.replicas)
+                ]
+                self.replicas.extend(reps)
+                pools[vc.version] = VersionPool(mc.name, vc, meta, reps)
+            self.models[mc.name] = ModelRoute(mc, pools)
+        self._pool_of = {id(r): p for m in self.models.values() for p in m.versions.values() for r in p.replicas}
+        self._route_of = {id(r): self.models[r.model] for r in self.replicas}
+
+    def _on_state(self, replica: Replica) -> None:
+        self._pool_of[id(replica)].refresh()
+        self._route_of[id(replica)].rebuild()
+        self.metrics.worker_up.labels(replica.model, replica.vc.version, str(replica.index)).set(
+            1 if replica.live else 0)
+        if replica.restarts and replica.live:
+            self.metrics.worker_restarts.labels(replica.model, replica.vc.version, str(replica.index)).inc()
+
+    @property
+    def ready(self) -> bool:
+        return all(m.ready for m in self.models.values())
+
+    async def start(self) -> None:
+        """Start every worker; returns when all are live.
+
+        Raises:
+            WorkerUnavailable: a worker failed to load or warm up (all are stopped).
+        """
+        futs = [r.start() for r in self.replicas]
+        try:
+            await asyncio.gather(*futs)
+        except BaseException:
+            for f in futs:  # the other failures are superseded by the first
+                if f.done() and not f.cancelled():
+                    f.exception()
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL after a timeout)."""
+        results = await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
+        for r, res in zip(self.replicas, results, strict=True):
+            if isinstance(res, BaseException):
+                log.error("%s: error while stopping: %r", r.name, res)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(r.outstanding for r in self.replicas)
+
+    def expire(self, now: float) -> None:
+        for r in self.replicas:
+            link = r.link
+            if link is not None and link.pending:
+                link.expire(now)
+
+    def submit(self, model: str, version: str | None, key: str | bytes | None, kind: int, header_len: int,
+               payload: bytes, done: Done, now: float) -> str:
+        """Send a request to a worker of the right version; returns that version.
+
+        ``done(status, header_len, payload)`` runs exactly once: on the worker's
+        reply, on the worker's death (503), or at the deadline (504).
+
+        Raises:
+            NotFound: unknown model or version.
+            WorkerUnavailable: no live worker, or every live one is full.
+        """
+        route = self.models.get(model)
+        if route is None:
+            raise NotFound(f"unknown model {model!r}")
+        if version is None:
+            v = route.table.choose(key)
+            if v is None:
+                raise WorkerUnavailable(f"model {model!r} has no live worker")
+            pool = route.versions[v]
+        else:
+            p = route.versions.get(version)
+            if p is None:
+                raise NotFound(f"unknown version {version!r} of model {model!r}")
+            pool = p
+        replica = pool.pick()
+        if replica is None:
+            raise WorkerUnavailable(f"version {pool.version!r} of model {model!r} has no live worker")
+        link = replica.link
+        if link is None or len(link.pending) >= self.max_inflight:
+            raise WorkerUnavailable(
+                f"{replica.name} is overloaded ({self.max_inflight} requests in flight)")
+        link.send(kind, header_len, payload, Call(done, now + self.timeout))
+        return pool.version

@@ -1,0 +1,140 @@
+"""The daemon: starts workers and fronts, sweeps deadlines, owns shutdown.
+
+Signal handlers only set an event; :meth:`Server.run` owns the shutdown
+sequence: readiness turns 503, listeners close, in-flight requests finish
+(bounded by ``server.drain_timeout_s``), workers stop, the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+from aiohttp import web
+
+from .app import make_app
+from .config import Config
+from .metrics import Metrics
+from .pool import Pools
+from .wire import WireProtocol
+
+log = logging.getLogger("router.server")
+
+_SWEEP_S = 0.005  # deadline resolution: 504s are sent within 5 ms of their deadline
+
+
+class Server:
+    """One router process.
+
+    Args:
+        config: the validated configuration.
+        metrics: defaults to a fresh registry.
+    """
+
+    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.pools = Pools(config, self.metrics)
+        self.draining = False
+        self.started = False
+        self.connections: set[WireProtocol] = set()
+        self._stop = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._wire: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def request_stop(self) -> None:
+        """Begin shutdown (safe from a signal handler: it only sets state)."""
+        self.draining = True
+        self._stop.set()
+
+    async def start(self) -> None:
+        """Start workers (waiting until each answered its warm-up), then the listeners."""
+        t0 = time.monotonic()
+        log.info("starting %d worker(s) for %d model(s)", len(self.pools.replicas), len(self.pools.models))
+        await self.pools.start()
+        log.info("all workers live in %.2f s", time.monotonic() - t0)
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep(), name="deadline sweeper")
+        s = self.config.server
+        try:
+            if s.http is not None:
+                self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+                await self._runner.setup()
+                site = web.TCPSite(self._runner, s.http.host, s.http.port, reuse_address=True)
+                await site.start()
+                log.info("HTTP (Open Inference Protocol v2) on http://%s", self._bound(site))
+            if s.msgpack is not None:
+                self._wire = await loop.create_server(lambda: WireProtocol(self), s.msgpack.host, s.msgpack.port,
+                                                      reuse_address=True)
+                host, port = self._wire.sockets[0].getsockname()[:2]
+                log.info("msgpack TCP on %s:%d", host, port)
+        except OSError:
+            await self.stop()
+            raise
+        self.started = True
+        log.info("ready")
+
+    @staticmethod
+    def _bound(site: web.TCPSite) -> str:
+        server = site._server  # the listening sockets tell the real port when 0 was asked
+        if server is not None and getattr(server, "sockets", None):
+            host, port = server.sockets[0].getsockname()[:2]
+            return f"{host}:{port}"
+        return site.name
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(_SWEEP_S)
+            self.pools.expire(loop.time())
+
+    async def run(self) -> None:
+        """Serve until SIGTERM/SIGINT, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            await self.start()
+            await self._stop.wait()
+            log.info("shutting down: draining")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def stop(self) -> None:
+        """Stop accepting, drain in-flight requests, stop workers."""
+        self.draining = True
+        if self._wire is not None:
+            self._wire.close()
+        deadline = time.monotonic() + self.config.server.drain_timeout_s
+        # Listeners close first; in-flight requests keep their connections.
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        while self.pools.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        left = self.pools.in_flight
+        if left:
+            log.warning("drain timeout: %d request(s) still in flight are failed with 503", left)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        for conn in list(self.connections):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._wire is not None:
+            await self._wire.wait_closed()
+            self._wire = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+        await self.pools.stop()
+        log.info("stopped")

@@ -1,0 +1,123 @@
+"""The msgpack TCP front (docs/protocol.md): pipelined frames, replies matched by id.
+
+The router parses only each frame's envelope (id, model, version, routing key)
+and forwards the rest, the inference body, to a worker as bytes. Replies are
+written as soon as each worker answers, so they may leave out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import msgpack
+
+from .errors import FrameError, InferenceError, WorkerUnavailable
+from .framing import FrameScanner, pack_header, parse_request
+from .link import FMT_MSGPACK
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("router.wire")
+
+_HIGH_WATER = 1 << 20  # pause reading while this much reply data waits to be sent
+
+
+def reply_frame(rid: int | None, status: int, version: str | None, result: bytes | str) -> bytes:
+    """A whole reply frame; ``result`` is a msgpack body already encoded (bytes) or an error message."""
+    if isinstance(result, bytes):
+        head = b"\x94" + msgpack.packb(rid) + msgpack.packb(status) + msgpack.packb(version)
+        return pack_header(len(head) + len(result)) + head + result
+    body = msgpack.packb([rid, status, version, result])
+    return pack_header(len(body)) + body
+
+
+class WireProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.pools = server.pools
+        self.metrics = server.metrics
+        self.loop = asyncio.get_running_loop()
+        self.scanner = FrameScanner(server.config.server.max_body_bytes)
+        self.transport: asyncio.Transport | None = None
+        self.in_flight = 0
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.server.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than it sends: stop reading its requests.
+        if self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def resume_writing(self) -> None:
+        if self.transport is not None and self._paused:
+            self.transport.resume_reading()
+            self._paused = False
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.scanner.feed(data)
+        except FrameError as exc:
+            self._fatal(exc)
+            return
+        for body in frames:
+            try:
+                rid, model, version, key, offset = parse_request(body)
+            except FrameError as exc:
+                self._fatal(exc)
+                return
+            self._dispatch(rid, model, version, key, body[offset:])
+
+    def _fatal(self, exc: FrameError) -> None:
+        """A malformed frame: one error reply, then close this connection only."""
+        log.info("closing msgpack connection: %s", exc)
+        t = self.transport
+        if t is not None:
+            t.write(reply_frame(None, exc.status, None, str(exc)))
+            t.close()
+
+    def _dispatch(self, rid: int, model: str, version: str | None, key: str | bytes | None,
+                  payload: bytes) -> None:
+        loop = self.loop
+        t0 = loop.time()
+        counts = self.metrics.in_flight
+        ckey = (model, "msgpack")
+
+        def done(status: int, _hlen: int, result: bytes) -> None:
+            counts[ckey] -= 1
+            self.in_flight -= 1
+            t = self.transport
+            if t is not None:
+                t.write(reply_frame(rid, status, answered, result if status == 200
+                                    else result.decode(errors="replace")))
+            self.metrics.observe(model, answered, "msgpack", status, loop.time() - t0)
+
+        try:
+            if self.server.draining:
+                raise WorkerUnavailable("server is shutting down")
+            answered: str | None = version
+            counts[ckey] += 1
+            self.in_flight += 1
+            try:
+                answered = self.pools.submit(model, version, key, FMT_MSGPACK, 0, payload, done, t0)
+            except BaseException:
+                counts[ckey] -= 1
+                self.in_flight -= 1
+                raise
+        except InferenceError as exc:
+            if self.transport is not None:
+                self.transport.write(reply_frame(rid, exc.status, None, exc.message))
+            if model in self.pools.models:  # unknown names must not mint label sets
+                self.metrics.observe(model, version or "", "msgpack", exc.status, loop.time() - t0)

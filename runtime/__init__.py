@@ -1,0 +1,1 @@
+"""Worker-side runtime: model loading, execution and the model store."""

@@ -1,0 +1,45 @@
+"""``python -m runtime``: a worker process, started by the router's supervisor."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .worker import WorkerSpec, run
+
+
+def parse_args(argv: list[str] | None = None) -> WorkerSpec:
+    p = argparse.ArgumentParser(prog="python -m runtime", description="model-router worker (started by the router)")
+    p.add_argument("--fd", type=int, required=True, help="connected Unix socket to the router")
+    p.add_argument("--parent-pid", type=int, required=True)
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--cpus", default="", help="comma-separated CPU numbers; empty = all")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--max-batch-delay-us", type=int, default=0)
+    p.add_argument("--max-frame", type=int, default=16 * 1024 * 1024 + 1024)
+    a = p.parse_args(argv)
+    return WorkerSpec(
+        fd=a.fd, parent_pid=a.parent_pid, model_dir=a.model_dir, name=a.name, version=a.version,
+        device=a.device, cpus=tuple(int(c) for c in a.cpus.split(",") if c), threads=a.threads,
+        max_batch_size=a.max_batch_size, max_batch_delay_us=a.max_batch_delay_us, max_frame=a.max_frame,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    spec = parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("ROUTER_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s %(levelname)-5s worker {spec.name}/{spec.version}[%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+    return run(spec)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

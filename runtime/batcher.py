@@ -1,0 +1,99 @@
+"""Dynamic batching: concatenate compatible requests along dim 0, run one forward, split back.
+
+Requests are compatible when every input has the same trailing shape (the
+datatypes are already fixed by the signature). A worker serves one version, so
+a batch never mixes versions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from router.meta import ModelMeta
+
+from .codecs import Request, encode_response
+
+log = logging.getLogger("runtime.batcher")
+
+#: One reply: (rid, status, json_header_len, body).
+Reply = tuple[int, int, int, bytes]
+Forward = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
+
+
+class Batcher:
+    """Pending decoded requests of one worker, run in arrival order.
+
+    Args:
+        forward: the model's forward on numpy inputs (signature order).
+        meta: the model's signature (``batchable`` decides whether to concatenate).
+        max_batch_size: most rows (sum of dim 0) in one forward; a single
+            request larger than this still runs, alone.
+    """
+
+    __slots__ = ("forward", "meta", "max_batch_size", "_pending", "rows", "batches", "batched_requests")
+
+    def __init__(self, forward: Forward, meta: ModelMeta, max_batch_size: int) -> None:
+        self.forward = forward
+        self.meta = meta
+        self.max_batch_size = max_batch_size if meta.batchable else 1
+        self._pending: list[tuple[int, Request, tuple[tuple[int, ...], ...]]] = []
+        self.rows = 0
+        self.batches = 0
+        self.batched_requests = 0
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    @property
+    def full(self) -> bool:
+        return self.rows >= self.max_batch_size
+
+    def add(self, rid: int, req: Request) -> None:
+        key = tuple(a.shape[1:] for a in req.arrays)
+        self._pending.append((rid, req, key))
+        self.rows += req.batch
+
+    def run(self) -> list[Reply]:
+        """Run one batch: the oldest request and every later compatible one that fits."""
+        pending = self._pending
+        rid0, req0, key0 = pending[0]
+        group = [(rid0, req0)]
+        rows = req0.batch
+        rest = []
+        for item in pending[1:]:
+            if item[2] == key0 and rows + item[1].batch <= self.max_batch_size:
+                group.append((item[0], item[1]))
+                rows += item[1].batch
+            else:
+                rest.append(item)
+        self._pending = rest
+        self.rows -= rows
+        self.batches += 1
+        self.batched_requests += len(group)
+        try:
+            if len(group) == 1:
+                return [self._reply(rid0, req0, self.forward(req0.arrays))]
+            n_in = len(req0.arrays)
+            joined = [np.concatenate([r.arrays[i] for _, r in group]) for i in range(n_in)]
+            outs = self.forward(joined)
+            for o in outs:
+                if o.ndim == 0 or o.shape[0] != rows:
+                    raise RuntimeError(f"model output of shape {list(o.shape)} does not keep the batch of {rows}")
+            replies = []
+            start = 0
+            for rid, req in group:
+                stop = start + req.batch
+                replies.append(self._reply(rid, req, [o[start:stop] for o in outs]))
+                start = stop
+            return replies
+        except Exception as exc:  # the model raised: every request of the batch learns why
+            log.warning("forward failed for a batch of %d: %s", len(group), exc)
+            msg = f"model raised {type(exc).__name__}: {exc}".encode()
+            return [(rid, 500, 0, msg) for rid, _ in group]
+
+    def _reply(self, rid: int, req: Request, outputs: Sequence[np.ndarray]) -> Reply:
+        hlen, body = encode_response(req, outputs, self.meta)
+        return rid, 200, hlen, body

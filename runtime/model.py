@@ -1,0 +1,76 @@
+"""A TorchScript model on one device, pinned to its CPUs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from router.meta import ModelMeta
+
+log = logging.getLogger("runtime.model")
+
+
+def pin(cpus: Sequence[int], threads: int) -> None:
+    """Pin this process to ``cpus`` (all CPUs when empty) and size torch's thread pools.
+
+    Inter-op parallelism is set to 1: a worker runs one forward at a time, and
+    extra pools would only fight the pinned intra-op threads for the same cores.
+    """
+    if cpus:
+        os.sched_setaffinity(0, set(cpus))
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (only allowed once per process)
+        pass
+
+
+class Model:
+    """A loaded TorchScript module plus its declared signature.
+
+    Args:
+        path: the ``model.pt`` file.
+        meta: its validated ``meta.json``.
+        device: ``"cpu"`` or ``"cuda:N"``.
+    """
+
+    def __init__(self, path: str | Path, meta: ModelMeta, device: str) -> None:
+        self.meta = meta
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+            torch.cuda.set_device(self.device)
+        self.module = torch.jit.load(str(path), map_location=self.device)
+        self.module.eval()
+        self._cuda = self.device.type == "cuda"
+
+    def forward(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run one forward on numpy inputs (in signature order); return numpy outputs.
+
+        The outputs are in ``meta.outputs`` order; a model returning a single
+        tensor is treated as a one-tuple.
+        """
+        with torch.inference_mode():
+            if self._cuda:
+                # Host -> device copies are pinned-free here; non_blocking buys
+                # nothing without pinned memory, and the sync below is needed anyway.
+                args = [torch.from_numpy(a).to(self.device) for a in inputs]
+            else:
+                args = [torch.from_numpy(a) for a in inputs]
+            out = self.module(*args)
+            if isinstance(out, torch.Tensor):
+                out = (out,)
+            elif isinstance(out, dict):
+                out = tuple(out[t.name] for t in self.meta.outputs)
+            result = [o.detach().cpu().numpy() if self._cuda else o.numpy() for o in out]
+        if len(result) != len(self.meta.outputs):
+            raise RuntimeError(
+                f"model returned {len(result)} outputs, meta.json declares {len(self.meta.outputs)}"
+            )
+        return result

@@ -1,0 +1,197 @@
+"""The worker process: one model version on one device, serving the router over a Unix socket.
+
+A single thread owns everything: it reads request frames, decodes them,
+batches, runs the model and writes replies. Blocking ``select`` with a timeout
+gives the batching window without an event loop's overhead.
+
+Batching policy: after the first pending request arrives, keep reading for up
+to ``max_batch_delay_us`` (or until ``max_batch_size`` rows wait); with a delay
+of 0 the worker still batches whatever has already arrived, so batching costs
+nothing at concurrency 1 and helps at once under load.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+
+import msgpack
+
+from router import link
+from router.errors import BadRequest, FrameError
+from router.framing import FrameScanner
+from router.link import KIND_WARMUP, STATUS_HELLO
+from router.meta import ModelMeta
+
+from .batcher import Batcher, Reply
+from .codecs import decode_request, example_request
+from .model import Model
+
+log = logging.getLogger("runtime.worker")
+
+_PR_SET_PDEATHSIG = 1
+_RECV_SIZE = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What the router tells a worker on its command line."""
+
+    fd: int
+    parent_pid: int
+    model_dir: str
+    name: str
+    version: str
+    device: str
+    cpus: tuple[int, ...]
+    threads: int
+    max_batch_size: int
+    max_batch_delay_us: int
+    max_frame: int
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL us when the router dies, even by SIGKILL.
+
+    The check after ``prctl`` closes the race where the router died before it.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the socket EOF still ends us
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(0)
+
+
+class Worker:
+    """Serves one model over one connected socket until the router closes it."""
+
+    def __init__(self, spec: WorkerSpec, sock: socket.socket, model: Model, meta: ModelMeta) -> None:
+        self.spec = spec
+        self.sock = sock
+        self.meta = meta
+        self.batcher = Batcher(model.forward, meta, spec.max_batch_size)
+        self.scanner = FrameScanner(spec.max_frame)
+        self.delay = spec.max_batch_delay_us / 1e6
+        self.out: list[bytes] = []
+
+    def send_hello(self) -> None:
+        info = {
+            "pid": os.getpid(),
+            "device": self.spec.device,
+            "cpus": sorted(os.sched_getaffinity(0)),
+            "threads": self.spec.threads,
+            "batchable": self.meta.batchable,
+        }
+        self._queue((0, STATUS_HELLO, 0, msgpack.packb(info)))
+        self._flush()
+
+    def _queue(self, reply: Reply) -> None:
+        self.out.append(link.pack(*reply))
+
+    def _flush(self) -> None:
+        if self.out:
+            self.sock.sendall(b"".join(self.out))
+            self.out.clear()
+
+    def _handle(self, frame: bytes) -> None:
+        try:
+            rid, kind, hlen, payload = link.unpack(frame)
+        except FrameError as exc:  # a router bug, never caller input: say so loudly
+            log.error("malformed frame from the router: %s", exc)
+            return
+        try:
+            if kind == KIND_WARMUP:
+                req = example_request(self.meta)
+            else:
+                req = decode_request(kind, payload, hlen, self.meta)
+        except BadRequest as exc:
+            self._queue((rid, 400, 0, str(exc).encode()))
+            return
+        self.batcher.add(rid, req)
+
+    def _read(self) -> bool:
+        """Read what is available; False when the router hung up."""
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        for frame in self.scanner.feed(data):
+            self._handle(frame)
+        return True
+
+    def serve(self) -> None:
+        """The loop: read, batch, run, reply. Returns when the router closes the socket."""
+        rlist = [self.sock]
+        batcher = self.batcher
+        first_at = 0.0
+        while True:
+            if not batcher:
+                self._flush()
+                if not self._read_blocking():
+                    return
+                first_at = time.monotonic()
+                continue
+            # Pending requests: gather more while the batching window is open.
+            while not batcher.full:
+                wait = first_at + self.delay - time.monotonic()
+                # select() rather than poll(): microsecond timeouts, not milliseconds.
+                if not select.select(rlist, (), (), wait if wait > 0 else 0)[0]:
+                    break
+                if not self._read():
+                    return
+            for reply in batcher.run():
+                self._queue(reply)
+            self._flush()
+            first_at = time.monotonic()
+
+    def _read_blocking(self) -> bool:
+        self.sock.setblocking(True)
+        try:
+            data = self.sock.recv(_RECV_SIZE)
+        finally:
+            self.sock.setblocking(False)
+        if not data:
+            return False
+        for frame in self.scanner.feed(data):
+            self._handle(frame)
+        return True
+
+
+def run(spec: WorkerSpec) -> int:
+    """Load the model, say hello, serve until the router goes away."""
+    die_with_parent(spec.parent_pid)
+    # Ctrl-C reaches the whole process group; the router owns shutdown and
+    # stops workers itself after draining.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Request arrays come from np.frombuffer (read-only); torch only reads them.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    from router.meta import MODEL_FILE, read_meta
+
+    from .model import pin
+
+    sock = socket.socket(fileno=spec.fd)
+    pin(spec.cpus, spec.threads)
+    meta = read_meta(spec.model_dir)
+    t0 = time.monotonic()
+    model = Model(os.path.join(spec.model_dir, MODEL_FILE), meta, spec.device)
+    log.info("loaded %s/%s on %s in %.0f ms (cpus %s, %d threads)", spec.name, spec.version, spec.device,
+             (time.monotonic() - t0) * 1000, sorted(os.sched_getaffinity(0)), spec.threads)
+    worker = Worker(spec, sock, model, meta)
+    worker.send_hello()
+    sock.setblocking(False)
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return 0

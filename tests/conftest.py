@@ -1,0 +1,203 @@
+"""Shared fixtures: a demo model store and real daemons on free loopback ports.
+
+Every daemon is a real ``router serve`` process with real worker processes and
+real TorchScript models; teardown checks that no process is left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid`` (from /proc), living or zombie."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        # The command may contain spaces and parentheses: split after the last ')'.
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid:
+            out.append(int(entry))
+    return out
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model store with fraud/1, fraud/2, mlp-small/1 and mlp-wide/1."""
+    from runtime.demo import build_demo_store
+
+    path = tmp_path_factory.mktemp("store")
+    build_demo_store(path, extra=True)
+    return path
+
+
+def write_config(path: Path, store: Path, models: list[dict], **server: object) -> Path:
+    """Write a config.toml serving ``models`` (dicts shaped like the TOML tables)."""
+    lines = ["[server]"]
+    for k, v in server.items():
+        lines.append(f"{k} = {json.dumps(v)}")
+    lines += ["", "[store]", f"path = {json.dumps(str(store))}", ""]
+    for m in models:
+        lines.append("[[models]]")
+        for k, v in m.items():
+            if k != "versions":
+                lines.append(f"{k} = {json.dumps(v)}")
+        for v in m["versions"]:
+            lines.append("[[models.versions]]")
+            for k, val in v.items():
+                lines.append(f"{k} = {json.dumps(val)}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+FRAUD = {
+    "name": "fraud",
+    "routing_key": "x-user-id",
+    "versions": [
+        {"version": "1", "weight": 90, "max_batch_size": 32},
+        {"version": "2", "weight": 10, "max_batch_size": 32},
+    ],
+}
+
+
+class Daemon:
+    """A running ``router serve`` subprocess."""
+
+    def __init__(self, config: Path, http_port: int, wire_port: int, env: dict[str, str]) -> None:
+        self.config = config
+        self.http_port = http_port
+        self.wire_port = wire_port
+        self.http = f"127.0.0.1:{http_port}"
+        self.url = f"http://{self.http}"
+        self.log_path = config.with_suffix(".log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "router", "serve", "--config", str(config),
+             "--http", self.http, "--msgpack", f"127.0.0.1:{wire_port}"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+        )
+        self.workers: list[int] = []
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def get(self, path: str, timeout: float = 5) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def post(self, path: str, body: bytes, headers: dict[str, str] | None = None,
+             timeout: float = 10) -> tuple[int, dict[str, str], bytes]:
+        req = urllib.request.Request(self.url + path, data=body, method="POST", headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, dict(r.headers), r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log}")
+            try:
+                if self.get("/v2/health/ready", timeout=1)[0] == 200:
+                    self.workers = children_of(self.proc.pid)
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"daemon not ready in {timeout} s:\n{self.log}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        """Signal the daemon, wait for it, and assert none of its workers outlive it."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"daemon ignored signal {sig} for {timeout} s:\n{self.log}") from None
+        self._log.close()
+        deadline = time.monotonic() + 5
+        left = [p for p in self.workers if pid_alive(p)]
+        while left and time.monotonic() < deadline:
+            time.sleep(0.02)
+            left = [p for p in self.workers if pid_alive(p)]
+        assert not left, f"worker processes outlived the daemon: {left}"
+        return self.proc.returncode
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, store: Path) -> Iterator[Callable[..., Daemon]]:
+    """Factory: ``start_daemon(models=[...], env={...}, **server_keys)`` -> a ready :class:`Daemon`."""
+    started: list[Daemon] = []
+
+    def start(models: list[dict] | None = None, env: dict[str, str] | None = None, wait: bool = True,
+              **server: object) -> Daemon:
+        cfg = write_config(tmp_path / f"config{len(started)}.toml", store, models or [FRAUD], **server)
+        e = dict(os.environ)
+        e.update(env or {})
+        d = Daemon(cfg, free_port(), free_port(), e)
+        started.append(d)
+        if wait:
+            d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Iterator[Daemon]:
+    """One daemon for a whole module of read-only tests (fraud, mlp-small, mlp-wide)."""
+    tmp = tmp_path_factory.mktemp("daemon")
+    models = [
+        FRAUD,
+        {"name": "mlp-small", "versions": [{"version": "1", "max_batch_size": 64}]},
+        {"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64, "max_batch_delay_us": 500}]},
+    ]
+    cfg = write_config(tmp / "config.toml", store, models, max_body_bytes=1 << 20)
+    d = Daemon(cfg, free_port(), free_port(), dict(os.environ))
+    d.wait_ready()
+    yield d
+    assert d.stop() == 0
