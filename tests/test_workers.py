@@ -1,0 +1,193 @@
+"""Worker processes under supervision: pinning, deaths, deadlines, overload, shutdown, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from conftest import FRAUD, ROOT, children_of, free_port, pid_alive, write_config
+
+ROW = [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]
+FRAUD_BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
+                                     "data": ROW}]}).encode()
+WIDE_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 256], "datatype": "FP32",
+                                    "data": [0.01] * 256}]}).encode()
+
+
+def worker_pids(daemon) -> dict[str, int]:
+    """version -> pid of the daemon's live worker processes."""
+    out = {}
+    for pid in children_of(daemon.proc.pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"runtime" in argv:
+            out[argv[argv.index(b"--version") + 1].decode()] = pid
+    return out
+
+
+def cpus_allowed(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError("no Cpus_allowed_list")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to tell pinnings apart")
+def test_workers_are_pinned_to_their_cpus(start_daemon):
+    models = [{"name": "fraud", "versions": [{"version": "1", "cpus": [1], "weight": 1},
+                                             {"version": "2", "cpus": [0], "weight": 1}]}]
+    d = start_daemon(models)
+    pids = worker_pids(d)
+    assert set(pids) == {"1", "2"}
+    assert cpus_allowed(pids["1"]) == "1"
+    assert cpus_allowed(pids["2"]) == "0"
+    # The router itself is not pinned by the config.
+    assert cpus_allowed(d.proc.pid) != "1"
+
+
+def test_router_process_never_imports_torch(shared_daemon):
+    maps = Path(f"/proc/{shared_daemon.proc.pid}/maps").read_text()
+    assert "libtorch" not in maps
+    worker = next(iter(worker_pids(shared_daemon).values()))
+    assert "libtorch" in Path(f"/proc/{worker}/maps").read_text()
+
+
+def test_sigkill_of_a_worker_under_load_gives_503s_never_a_hang_and_it_comes_back(start_daemon):
+    d = start_daemon([{"name": "fraud", "versions": [{"version": "1"}]}])
+    old = worker_pids(d)["1"]
+    statuses: Counter[int] = Counter()
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            status, _, raw = d.post("/v2/models/fraud/infer", FRAUD_BODY, timeout=5)
+            statuses[status] += 1
+            if status != 200:
+                errors.append(json.loads(raw)["error"])
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 20
+    new = None
+    while time.monotonic() < deadline:
+        new = worker_pids(d).get("1")
+        if new and new != old and d.get("/v2/health/ready")[0] == 200:
+            break
+        time.sleep(0.05)
+    served_before = statuses[200]
+    time.sleep(0.5)
+    stop.set()
+    for t in threads:
+        t.join(10)
+        assert not t.is_alive(), "a request hung"
+    assert new and new != old, "the worker was not restarted"
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] >= 1, "in-flight and follow-up requests should have failed with 503"
+    assert statuses[200] > served_before, "no request succeeded after the restart"
+    assert all("worker" in e or "no live worker" in e for e in errors), set(errors)
+    assert "restarting" in d.log
+    _, metrics = d.get("/metrics")
+    assert 'router_worker_restarts_total{model="fraud",replica="0",version="1"} 1.0' in metrics.decode()
+
+
+def test_deadline_gives_504_and_the_late_reply_is_dropped(start_daemon):
+    models = [{"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64,
+                                                 "max_batch_delay_us": 600_000}]}]
+    d = start_daemon(models, request_timeout_ms=100)
+    t0 = time.monotonic()
+    status, _, raw = d.post("/v2/models/mlp-wide/infer", WIDE_BODY)
+    took = time.monotonic() - t0
+    assert status == 504 and "deadline" in json.loads(raw)["error"]
+    assert took < 0.5, took
+    time.sleep(0.8)  # the worker's late reply arrives and must be ignored
+    assert d.get("/v2/health/ready")[0] == 200
+
+
+def test_overload_gives_503(start_daemon):
+    models = [{"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64,
+                                                 "max_batch_delay_us": 300_000}]}]
+    d = start_daemon(models, max_inflight_per_worker=2)
+    with ThreadPoolExecutor(6) as ex:
+        results = list(ex.map(lambda _: d.post("/v2/models/mlp-wide/infer", WIDE_BODY), range(6)))
+    statuses = Counter(r[0] for r in results)
+    assert statuses[200] >= 2 and statuses[503] >= 1, statuses
+    assert all("overloaded" in json.loads(r[2])["error"] for r in results if r[0] == 503)
+
+
+def test_sigterm_drains_in_flight_requests_then_exits_0(start_daemon):
+    models = [{"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64,
+                                                 "max_batch_delay_us": 400_000}]}]
+    d = start_daemon(models, drain_timeout_s=5)
+    import http.client
+    keepalive = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=5)
+    keepalive.request("GET", "/v2/health/ready")
+    first = keepalive.getresponse()
+    assert first.status == 200 and first.read() == b""
+    with ThreadPoolExecutor(8) as ex:
+        futs = [ex.submit(d.post, "/v2/models/mlp-wide/infer", WIDE_BODY) for _ in range(8)]
+        time.sleep(0.15)  # all eight are now waiting in the worker's batching window
+        d.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.05)
+        keepalive.request("GET", "/v2/health/ready")
+        r = keepalive.getresponse()
+        assert r.status == 503 and "shutting down" in json.loads(r.read())["error"]
+        results = [f.result(timeout=10) for f in futs]
+    assert [r[0] for r in results] == [200] * 8
+    assert d.stop() == 0
+    assert "shutting down" in d.log and "stopped" in d.log
+
+
+def test_sigkill_of_the_router_leaves_no_worker_behind(start_daemon):
+    d = start_daemon()
+    workers = list(worker_pids(d).values())
+    assert len(workers) == 2 and all(pid_alive(p) for p in workers)
+    d.stop(signal.SIGKILL)  # asserts every worker is gone
+
+
+def test_sigint_stops_cleanly(start_daemon):
+    d = start_daemon()
+    assert d.stop(signal.SIGINT) == 0
+
+
+def run_serve(tmp_path: Path, store: Path, models: list[dict]) -> subprocess.CompletedProcess:
+    cfg = write_config(tmp_path / "c.toml", store, models)
+    return subprocess.run(
+        [sys.executable, "-m", "router", "serve", "--config", str(cfg), "--http", f"127.0.0.1:{free_port()}",
+         "--msgpack", f"127.0.0.1:{free_port()}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_missing_model_version_is_a_clear_startup_error(tmp_path, store):
+    models = [{"name": "fraud", "versions": [{"version": "1"}, {"version": "7"}]}]
+    r = run_serve(tmp_path, store, models)
+    assert r.returncode != 0
+    assert "models[0].versions[1]: no model file" in r.stderr
+
+
+def test_a_model_that_cannot_load_fails_startup_and_leaves_nothing(tmp_path, store):
+    import shutil
+    bad_store = tmp_path / "store"
+    shutil.copytree(store / "fraud", bad_store / "fraud")
+    (bad_store / "fraud" / "2" / "model.pt").write_bytes(b"this is not a TorchScript archive")
+    before = set(children_of(os.getpid()))
+    r = run_serve(tmp_path, bad_store, [FRAUD])
+    assert r.returncode == 1
+    assert "fraud/2#0" in r.stderr and "before it was ready" in r.stderr
+    assert set(children_of(os.getpid())) == before
