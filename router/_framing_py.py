@@ -11,7 +11,6 @@ from __future__ import annotations
 from .errors import FrameError
 
 
-
 class FrameScanner:
     """Split a byte stream into frame bodies.
 

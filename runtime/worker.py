@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import msgpack
 
 from router import link
-from router.errors import BadRequest, FrameError
+from router.errors import FrameError, RouterError
 from router.framing import FrameScanner
 from router.link import KIND_WARMUP, STATUS_HELLO
 from router.meta import ModelMeta
@@ -113,17 +113,18 @@ class Worker:
                 req = example_request(self.meta)
             else:
                 req = decode_request(kind, payload, hlen, self.meta)
-        except BadRequest as exc:
-            self._queue((rid, 400, 0, str(exc).encode()))
+        except RouterError as exc:
+            self._queue((rid, exc.status, 0, str(exc).encode()))
+            return
+        except Exception as exc:  # a codec bug must cost one request, not the worker
+            log.exception("decoding request %d failed", rid)
+            self._queue((rid, 500, 0, f"internal error while decoding: {exc!r}".encode()))
             return
         self.batcher.add(rid, req)
 
     def _read(self) -> bool:
-        """Read what is available; False when the router hung up."""
-        try:
-            data = self.sock.recv(_RECV_SIZE)
-        except BlockingIOError:
-            return True
+        """Read what is available (the socket is readable or we may block); False on EOF."""
+        data = self.sock.recv(_RECV_SIZE)
         if not data:
             return False
         for frame in self.scanner.feed(data):
@@ -138,7 +139,7 @@ class Worker:
         while True:
             if not batcher:
                 self._flush()
-                if not self._read_blocking():
+                if not self._read():
                     return
                 first_at = time.monotonic()
                 continue
@@ -154,18 +155,6 @@ class Worker:
                 self._queue(reply)
             self._flush()
             first_at = time.monotonic()
-
-    def _read_blocking(self) -> bool:
-        self.sock.setblocking(True)
-        try:
-            data = self.sock.recv(_RECV_SIZE)
-        finally:
-            self.sock.setblocking(False)
-        if not data:
-            return False
-        for frame in self.scanner.feed(data):
-            self._handle(frame)
-        return True
 
 
 def run(spec: WorkerSpec) -> int:
@@ -189,7 +178,6 @@ def run(spec: WorkerSpec) -> int:
              (time.monotonic() - t0) * 1000, sorted(os.sched_getaffinity(0)), spec.threads)
     worker = Worker(spec, sock, model, meta)
     worker.send_hello()
-    sock.setblocking(False)
     try:
         worker.serve()
     except (BrokenPipeError, ConnectionResetError):

@@ -56,7 +56,7 @@ def test_batched_outputs_equal_each_input_alone(wide):
     replies = b.run()
     assert len(b) == 0 and rec.sizes == [sum(x.shape[0] for x in xs)]
     assert [r[0] for r in replies] == list(range(len(xs)))
-    for (rid, status, hlen, body), x in zip(replies, xs, strict=True):
+    for (_rid, status, hlen, body), x in zip(replies, xs, strict=True):
         assert status == 200 and hlen == 0
         alone = model.forward([x])[0]
         np.testing.assert_allclose(decode_reply(body), alone, rtol=1e-5, atol=1e-6)

@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from conftest import FRAUD, ROOT, children_of, free_port, pid_alive, write_config
 
 ROW = [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]
