@@ -54,6 +54,19 @@ def pid_alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """After the whole session, the test process has no child left: no daemon, no worker."""
+    before = set(children_of(os.getpid()))
+    yield
+    deadline = time.monotonic() + 5
+    left = set(children_of(os.getpid())) - before
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = {p for p in set(children_of(os.getpid())) - before if pid_alive(p)}
+    assert not left, f"processes left behind: {sorted(left)}"
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store with fraud/1, fraud/2, mlp-small/1 and mlp-wide/1."""
