@@ -48,6 +48,8 @@ class WeightTable:
             point = random.random() * self._total
         else:
             if isinstance(key, str):
-                key = key.encode()
+                # aiohttp decodes header bytes that are not UTF-8 with surrogateescape:
+                # undo it, so the key hashes as the same bytes it would over TCP.
+                key = key.encode("utf-8", "surrogateescape")
             point = (zlib.crc32(key) / 4294967296.0) * self._total
         return self.versions[min(bisect_right(self._cum, point), n - 1)]
