@@ -1,0 +1,149 @@
+"""Micro-benchmarks of the per-request hot paths (pytest-benchmark).
+
+Run: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-only``
+(not collected by a plain ``pytest``: ``testpaths = ["tests"]``).
+
+Every input is built in a fixture, outside the timed call: the timed callable
+is only the function under test. The requests are the fraud/1 ones of
+``bench/payloads.py`` (what ``bench/load.py`` sends).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.payloads import FRAUD
+from router import _framing_py, link
+from router.link import FMT_JSON, FMT_MSGPACK
+
+IMPLS = ["c", "py"]
+
+
+@pytest.fixture(params=IMPLS)
+def framing(request: pytest.FixtureRequest):
+    """``router._framing_c`` (id ``c``) or ``router._framing_py`` (id ``py``)."""
+    if request.param == "py":
+        return _framing_py
+    try:
+        return importlib.import_module("router._framing_c")
+    except ImportError as exc:
+        pytest.skip(f"router._framing_c is not built: {exc}")
+
+
+@pytest.fixture(scope="module")
+def fraud_meta(tmp_path_factory: pytest.TempPathFactory):
+    from router.meta import read_meta
+    from runtime.demo import build_demo_store
+
+    store = tmp_path_factory.mktemp("store")
+    build_demo_store(store)
+    return read_meta(Path(store) / "fraud" / "1"), Path(store) / "fraud" / "1"
+
+
+FRAME = FRAUD.frame(7)  # one whole request frame (length prefix included)
+BODY = FRAME[4:]
+PIPELINED = b"".join(FRAUD.frame(i) for i in range(1, 33))  # 32 frames in one read
+JSON_BODY = FRAUD.oip_json()
+MSGPACK_BODY = FRAUD.msgpack_body()
+
+
+# -- router.framing -----------------------------------------------------------------------------------------
+
+
+def test_feed_one_frame(benchmark, framing) -> None:
+    scanner = framing.FrameScanner(1 << 24)
+    frames = benchmark(scanner.feed, FRAME)
+    assert frames == [BODY] and scanner.buffered == 0
+
+
+def test_feed_32_frames(benchmark, framing) -> None:
+    scanner = framing.FrameScanner(1 << 24)
+    frames = benchmark(scanner.feed, PIPELINED)
+    assert len(frames) == 32 and scanner.buffered == 0
+
+
+def test_feed_split_frame(benchmark, framing) -> None:
+    """A frame arriving in two reads: the buffered path."""
+    scanner = framing.FrameScanner(1 << 24)
+    first, second = FRAME[:10], FRAME[10:]
+
+    def feed_two() -> list[bytes]:
+        scanner.feed(first)
+        return scanner.feed(second)
+
+    assert benchmark(feed_two) == [BODY]
+
+
+def test_parse_request(benchmark, framing) -> None:
+    rid, model, version, key, offset = benchmark(framing.parse_request, BODY)
+    assert (rid, model, version, key) == (7, "fraud", "1", None) and BODY[offset:] == MSGPACK_BODY
+
+
+# -- router.link --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("payload", [MSGPACK_BODY, JSON_BODY], ids=["msgpack-body", "json-body"])
+def test_link_pack(benchmark, payload: bytes) -> None:
+    frame = benchmark(link.pack, 12345, FMT_MSGPACK, 0, payload)
+    assert frame.endswith(payload)
+
+
+@pytest.mark.parametrize("payload", [MSGPACK_BODY, JSON_BODY], ids=["msgpack-body", "json-body"])
+def test_link_unpack(benchmark, payload: bytes) -> None:
+    body = link.pack(12345, FMT_MSGPACK, 0, payload)[4:]
+    assert benchmark(link.unpack, body) == (12345, FMT_MSGPACK, 0, payload)
+
+
+# -- runtime.codecs -----------------------------------------------------------------------------------------
+
+
+BODIES = {"json": (FMT_JSON, JSON_BODY), "msgpack": (FMT_MSGPACK, MSGPACK_BODY)}
+
+
+@pytest.mark.parametrize("fmt", list(BODIES))
+def test_decode_request(benchmark, fraud_meta, fmt: str) -> None:
+    from runtime.codecs import decode_request
+
+    meta, _ = fraud_meta
+    kind, body = BODIES[fmt]
+    req = benchmark(decode_request, kind, body, 0, meta)
+    assert req.arrays[0].shape == (1, 8) and req.batch == 1
+
+
+@pytest.mark.parametrize("fmt", list(BODIES))
+def test_encode_response(benchmark, fraud_meta, fmt: str) -> None:
+    from runtime.codecs import decode_request, encode_response
+
+    meta, _ = fraud_meta
+    kind, body = BODIES[fmt]
+    req = decode_request(kind, body, 0, meta)
+    outputs = [np.array([[0.984049, 0.015951]], dtype=np.float32)]
+    hlen, reply = benchmark(encode_response, req, outputs, meta)
+    assert hlen == 0 and reply
+
+
+# -- the model itself, for scale ------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # as the worker does
+@pytest.mark.parametrize("fmt", list(BODIES))
+def test_model_forward(benchmark, fraud_meta, fmt: str) -> None:
+    """``runtime.model.Model.forward`` on one decoded row (what a worker runs at concurrency 1)."""
+    import torch
+
+    from runtime.codecs import decode_request
+    from runtime.model import Model
+
+    meta, version_dir = fraud_meta
+    torch.set_num_threads(1)
+    model = Model(version_dir / "model.pt", meta, "cpu")
+    kind, body = BODIES[fmt]
+    arrays = decode_request(kind, body, 0, meta).arrays  # msgpack: a read-only view
+    for _ in range(20):  # past TorchScript's profiling runs
+        model.forward(arrays)
+    out = benchmark(model.forward, arrays)
+    assert out[0].shape == (1, 2)
