@@ -45,6 +45,17 @@ demo: build $(DEMO)
 $(DEMO):
 	$(PY) -m router demo-models --config $(CONFIG)
 
+bench: build
+	$(PY) -m pytest bench/test_micro.py --benchmark-only -q
+	$(PY) -m bench.load --json bench/out/load.json
+
+# A few seconds of every scenario: every request must succeed and every result parse.
+# No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
+bench-smoke: build
+	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-min-rounds=3 --benchmark-max-time=0.05 \
+		--benchmark-json=bench/out/micro.json
+	$(PY) -m bench.load --quick --json bench/out/load-smoke.json
+
 lint: build
 	$(PY) -m ruff check .
 

@@ -37,7 +37,8 @@ from .model import Model
 log = logging.getLogger("runtime.worker")
 
 _PR_SET_PDEATHSIG = 1
-_RECV_SIZE = 1 << 20
+# recv(n) allocates n bytes up front: 1 MiB cost an mmap/munmap per request.
+_RECV_SIZE = 1 << 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,19 +136,22 @@ class Worker:
         """The loop: read, batch, run, reply. Returns when the router closes the socket."""
         rlist = [self.sock]
         batcher = self.batcher
+        delay = self.delay
         first_at = 0.0
         while True:
             if not batcher:
                 self._flush()
                 if not self._read():
                     return
+                if not batcher:  # only errors or a partial frame so far
+                    continue
                 first_at = time.monotonic()
-                continue
-            # Pending requests: gather more while the batching window is open.
-            while not batcher.full:
-                wait = first_at + self.delay - time.monotonic()
+            # With a delay of 0 the batch is what the last read brought: no extra
+            # system call per request. Otherwise gather more while the window is open.
+            while delay and not batcher.full:
+                wait = first_at + delay - time.monotonic()
                 # select() rather than poll(): microsecond timeouts, not milliseconds.
-                if not select.select(rlist, (), (), wait if wait > 0 else 0)[0]:
+                if wait <= 0 or not select.select(rlist, (), (), wait)[0]:
                     break
                 if not self._read():
                     return
