@@ -665,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-cpu", type=int, default=1, help="core of the load generators and this harness")
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--max-batch-delay-us", type=int, default=0)
+    p.add_argument("--only", default="", help="comma-separated protocols to run: http, msgpack, echo (default all)")
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.runs = 2.0, 1
@@ -695,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             b.start()
             scs = b.scenarios()
+            if a.only:
+                keep = set(a.only.split(","))
+                scs = [sc for sc in scs if sc.proto in keep]
             b.measure(scs)
             b.finish()
         except BenchError as exc:

@@ -53,6 +53,7 @@ class VersionConfig:
     threads: int = 0  # 0 = len(cpus), or 1 when cpus is empty
     max_batch_size: int = 32
     max_batch_delay_us: int = 0
+    optimize: bool = True
 
     @property
     def effective_threads(self) -> int:
@@ -123,6 +124,13 @@ def _num(raw: dict[str, Any], key: str, where: str, default: float, lo: float, h
     return float(v)
 
 
+def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
+    v = raw.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}.{key}: must be true or false, got {v!r}")
+    return v
+
+
 def _str(raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
     v = raw.get(key, default)
     if not isinstance(v, str) or not v:
@@ -155,7 +163,7 @@ _SERVER_KEYS = {
 }
 _VERSION_KEYS = {
     "version", "weight", "shadow", "replicas", "device", "cpus", "threads",
-    "max_batch_size", "max_batch_delay_us",
+    "max_batch_size", "max_batch_delay_us", "optimize",
 }
 
 
@@ -197,6 +205,7 @@ def _version(raw: Any, where: str) -> VersionConfig:
         threads=_int(t, "threads", where, 0, 0, 256),
         max_batch_size=_int(t, "max_batch_size", where, 32, 1, 65536),
         max_batch_delay_us=_int(t, "max_batch_delay_us", where, 0, 0, 1_000_000),
+        optimize=_bool(t, "optimize", where, True),
     )
 
 

@@ -220,6 +220,8 @@ class Replica:
             "--max-batch-delay-us", str(vc.max_batch_delay_us),
             "--max-frame", str(self.max_frame),
         ]
+        if not vc.optimize:
+            argv.append("--no-optimize")
         self.state = "starting"
         try:
             self.proc = await asyncio.create_subprocess_exec(*argv, pass_fds=(theirs.fileno(),))

@@ -56,6 +56,7 @@ class WorkerSpec:
     max_batch_size: int
     max_batch_delay_us: int
     max_frame: int
+    optimize: bool = True
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -177,7 +178,7 @@ def run(spec: WorkerSpec) -> int:
     pin(spec.cpus, spec.threads)
     meta = read_meta(spec.model_dir)
     t0 = time.monotonic()
-    model = Model(os.path.join(spec.model_dir, MODEL_FILE), meta, spec.device)
+    model = Model(os.path.join(spec.model_dir, MODEL_FILE), meta, spec.device, spec.optimize)
     log.info("loaded %s/%s on %s in %.0f ms (cpus %s, %d threads)", spec.name, spec.version, spec.device,
              (time.monotonic() - t0) * 1000, sorted(os.sched_getaffinity(0)), spec.threads)
     worker = Worker(spec, sock, model, meta)

@@ -48,6 +48,7 @@ def test_defaults():
     (base(shadow=2), "models[0].versions[0].shadow: must be <= 1.0"),
     (base(max_batch_size=0), "models[0].versions[0].max_batch_size: must be >= 1"),
     (base(bogus=1), "models[0].versions[0].bogus: unknown key"),
+    (base(optimize="yes"), "models[0].versions[0].optimize: must be true or false"),
     ({"models": []}, "models: must be a non-empty array"),
     ({"models": [{"name": "m", "versions": []}]}, "models[0].versions: must be a non-empty array"),
     ({"models": [{"versions": [{"version": "1"}]}]}, "models[0].name: must be a non-empty string"),

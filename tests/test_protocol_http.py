@@ -6,23 +6,31 @@ the expected values come from running the same TorchScript file in-process.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 
 import msgpack
 import numpy as np
 import pytest
-import torch
+
+from router.meta import read_meta
+from runtime.model import Model
 
 X = np.array([[1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0],
               [3.0, -0.5, 0.1, 0.95, 0.5, 9.0, 4.2, 1.0],
               [0.1, 0.0, 1.0, 0.05, 7.0, 0.0, 0.2, 1.0]], dtype=np.float32)
 
 
+@functools.cache
+def _loaded(store, model: str, version: str) -> Model:
+    d = store / model / version
+    return Model(d / "model.pt", read_meta(d), "cpu")
+
+
 def reference(store, model: str, version: str, x: np.ndarray) -> np.ndarray:
-    m = torch.jit.load(str(store / model / version / "model.pt"))
-    with torch.inference_mode():
-        return m(torch.from_numpy(x)).numpy()
+    """The served module run in-process: the same bytes the worker computes."""
+    return _loaded(store, model, version).forward([x])[0]
 
 
 def oip_json(x: np.ndarray, name: str = "features", **extra) -> bytes:
@@ -219,3 +227,19 @@ def test_metrics_carry_model_version_protocol_status(shared_daemon):
     assert 'le="2.5e-05"' in text and 'le="10.0"' in text
     assert 'router_requests_in_flight{model="fraud",protocol="http"}' in text
     assert 'router_worker_up{model="fraud",replica="0",version="1"} 1.0' in text
+
+
+def test_optimize_false_serves_the_module_exactly_as_saved(start_daemon, store):
+    import torch
+
+    d = start_daemon([{"name": "fraud", "versions": [{"version": "2", "optimize": False}]}])
+    header = json.dumps({"inputs": [{"name": "features", "shape": [3, 8], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": X.nbytes}}],
+                         "parameters": {"binary_data_output": True}}).encode()
+    status, hdrs, raw = d.post("/v2/models/fraud/infer", header + X.tobytes(),
+                               {"Inference-Header-Content-Length": str(len(header))})
+    assert status == 200, raw
+    got = np.frombuffer(raw[int(hdrs["Inference-Header-Content-Length"]):], dtype="<f4").reshape(3, 2)
+    m = torch.jit.load(str(store / "fraud" / "2" / "model.pt"))
+    with torch.inference_mode():
+        np.testing.assert_array_equal(got, m(torch.from_numpy(X)).numpy())
