@@ -1,4 +1,8 @@
-"""``router``: the command line (serve, demo-models)."""
+"""``router``: the command line (serve, demo-models, traffic, status).
+
+``traffic`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
+as a bearer token when it is set.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import dataclasses
 import logging
 import os
 import sys
+from typing import Any
 
+from .admin import TOKEN_ENV, check_bind, resolve_token
 from .config import load_config, parse_address
 from .errors import ConfigError, RouterError
 
@@ -36,13 +42,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if args.msgpack is not None:
             server_cfg = dataclasses.replace(server_cfg, msgpack=parse_address(args.msgpack, "--msgpack"))
         config = dataclasses.replace(config, server=server_cfg)
+        token = resolve_token(config)
+        check_bind(config.server.http, token)
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
     log.info("config %s; compiled extensions: %s", config.source, "yes" if EXTENSION else "no (pure Python)")
 
     async def main() -> None:
-        await Server(config).run()
+        await Server(config, admin_token=token).run()
 
     try:
         uvloop.run(main())
@@ -67,6 +75,85 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     return demo_main(argv)
 
 
+def _admin_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    address = load_config(args.config).server.http
+    if address is None:
+        raise ConfigError("server.http is disabled in the config: pass --url")
+    host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else address.host
+    return f"http://{host}:{address.port}"
+
+
+def _admin_call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
+    """One admin API call; returns the decoded JSON or raises RouterError with the server's message."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(_admin_url(args) + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]
+        except (ValueError, KeyError, TypeError):
+            message = e.reason
+        raise RouterError(f"{e.code}: {message}", e.code) from None
+    except urllib.error.URLError as e:
+        raise RouterError(f"cannot reach the router at {_admin_url(args)}: {e.reason}") from None
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    weights: dict[str, float] = {}
+    for item in args.weights:
+        version, sep, w = item.partition("=")
+        try:
+            if not sep or not version:
+                raise ValueError
+            weights[version] = float(w)
+        except ValueError:
+            log.error("expected VERSION=WEIGHT, got %r", item)
+            return 2
+    try:
+        if weights:
+            res = _admin_call(args, "PUT", f"/admin/models/{args.model}/traffic", {"weights": weights})
+        else:
+            res = _admin_call(args, "GET", f"/admin/models/{args.model}/traffic")
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    total = sum(res["weights"].values()) or 1
+    for v, w in res["weights"].items():
+        print(f"{res['model']} v{v}: weight {w} ({100 * w / total:.1f}%)")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        res = _admin_call(args, "GET", "/admin/models")
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"ready: {'yes' if res['ready'] else 'no'}{' (draining)' if res['draining'] else ''}")
+    for m in res["models"]:
+        print(f"model {m['model']}" + (f" (routing key: {m['routing_key']})" if m["routing_key"] else ""))
+        total = sum(m["weights"].values()) or 1
+        for v in m["versions"]:
+            share = f"{100 * v['weight'] / total:5.1f}%" if not v["shadow"] else f"shadow {v['shadow']:.0%}"
+            print(f"  v{v['version']:<8} weight {v['weight']:<6} {share}  {v['device']}")
+            for w in v["workers"]:
+                print(f"    #{w['replica']} pid {w['pid']} {w['state']:<10} cpus {w['cpus']} "
+                      f"in flight {w['outstanding']} restarts {w['restarts']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="router", description="model-router: serve TorchScript models behind one "
                                 "endpoint per model, with traffic splits between versions")
@@ -83,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--store", help="store directory (overrides the config)")
     d.add_argument("--extra", action="store_true", help="also write the benchmark MLPs")
     d.set_defaults(func=cmd_demo_models)
+    for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
+                              ("status", cmd_status, "show models, versions, weights and workers")):
+        c = sub.add_parser(name, help=help_)
+        if name == "traffic":
+            c.add_argument("model")
+            c.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT", help="e.g. 1=80 2=20; none: show")
+        c.add_argument("--config", default="config.toml", help="config whose server.http to call")
+        c.add_argument("--url", help="router base URL (default: from the config)")
+        c.set_defaults(func=func)
     return p
 
 

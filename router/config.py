@@ -74,6 +74,11 @@ class ModelConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    token_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration. Built by :func:`load_config` / :func:`parse_config`."""
 
@@ -81,6 +86,7 @@ class Config:
     store_path: Path
     models: tuple[ModelConfig, ...]
     source: Path | None = field(default=None, compare=False)
+    admin: AdminConfig = AdminConfig()
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:
@@ -239,7 +245,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     Raises:
         ConfigError: naming the key path and the reason.
     """
-    top = _table(raw, "", {"server", "store", "models"})
+    top = _table(raw, "", {"server", "store", "models", "admin"})
     s = _table(top.get("server", {}), "server", _SERVER_KEYS)
     server = ServerConfig(
         http=parse_address(s.get("http", DEFAULT_HTTP), "server.http"),
@@ -263,7 +269,13 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         if m.name in names:
             raise ConfigError(f"models[{i}].name: duplicate model {m.name!r}")
         names.add(m.name)
-    return Config(server=server, store_path=store, models=models, source=source)
+    ad = _table(top.get("admin", {}), "admin", {"token_file"})
+    token_file = None
+    if "token_file" in ad:
+        token_file = Path(_str(ad, "token_file", "admin"))
+        if not token_file.is_absolute() and source is not None:
+            token_file = source.parent / token_file
+    return Config(server=server, store_path=store, models=models, source=source, admin=AdminConfig(token_file))
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

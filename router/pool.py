@@ -67,6 +67,17 @@ class ModelRoute:
         live = [(p.version, p.vc.weight) for p in self.versions.values() if p.live and p.vc.weight > 0]
         self.table = WeightTable(tuple(v for v, _ in live), tuple(w for _, w in live))
 
+    def apply(self, mc: ModelConfig) -> None:
+        """Take new weights/shadows for the same versions; workers are untouched.
+
+        Requests see either the old table or the new one: ``rebuild`` swaps it
+        with one assignment, and nothing awaits in between.
+        """
+        for vc in mc.versions:
+            self.versions[vc.version].vc = vc
+        self.config = mc
+        self.rebuild()
+
     @property
     def ready(self) -> bool:
         return all(p.live for p in self.versions.values())
@@ -149,6 +160,12 @@ class Pools:
         for r, res in zip(self.replicas, results, strict=True):
             if isinstance(res, BaseException):
                 log.error("%s: error while stopping: %r", r.name, res)
+
+    def apply_traffic(self, config: Config) -> None:
+        """Apply ``config``'s weights and shadows (same models and versions) to the routing tables."""
+        for mc in config.models:
+            self.models[mc.name].apply(mc)
+        self.config = config
 
     @property
     def in_flight(self) -> int:

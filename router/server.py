@@ -31,10 +31,12 @@ class Server:
     Args:
         config: the validated configuration.
         metrics: defaults to a fresh registry.
+        admin_token: bearer token of the admin API (None: loopback callers only).
     """
 
-    def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics | None = None, admin_token: str | None = None) -> None:
         self.config = config
+        self.admin_token = admin_token
         self.metrics = metrics or Metrics()
         self.pools = Pools(config, self.metrics)
         self.draining = False
@@ -44,6 +46,11 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._wire: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+
+    def set_config(self, config: Config) -> None:
+        """Adopt a configuration that differs only in traffic (weights, shadows)."""
+        self.pools.apply_traffic(config)
+        self.config = config
 
     def request_stop(self) -> None:
         """Begin shutdown (safe from a signal handler: it only sets state)."""

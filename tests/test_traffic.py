@@ -1,0 +1,159 @@
+"""Live traffic weights through the admin API and CLI: atomic swaps, validation, write-back, auth."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections import Counter
+
+import pytest
+from conftest import FRAUD, ROOT, free_port
+
+from router.config import load_config
+
+BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
+                               "data": [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]}]}).encode()
+
+
+def put(d, model, body, headers=None):
+    h = {"Content-Type": "application/json"}
+    h.update(headers or {})
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(f"{d.url}/admin/models/{model}/traffic", data=data, method="PUT", headers=h)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def versions_answering(d, n=100, headers=None):
+    c = Counter()
+    for _ in range(n):
+        status, _, raw = d.post("/v2/models/fraud/infer", BODY, headers)
+        assert status == 200
+        c[json.loads(raw)["model_version"]] += 1
+    return c
+
+
+def with_comments(d):
+    text = d.config.read_text()
+    d.config.write_text("# top comment kept\n" + text.replace("[[models]]", "[[models]]  # the fraud model", 1))
+
+
+def test_weights_change_live_without_worker_restarts_and_are_written_back(start_daemon):
+    d = start_daemon()
+    with_comments(d)
+    pids = sorted(d.workers)
+    status, body = d.get("/admin/models/fraud/traffic")
+    assert status == 200 and json.loads(body)["weights"] == {"1": 90, "2": 10}
+    status, res = put(d, "fraud", {"weights": {"1": 0, "2": 100}})
+    assert status == 200 and res["weights"] == {"1": 0, "2": 100} and res["live"] == ["2"]
+    assert versions_answering(d, 50) == {"2": 50}
+    # A version at weight 0 still answers when pinned.
+    assert d.post("/v2/models/fraud/versions/1/infer", BODY)[0] == 200
+    status, res = put(d, "fraud", {"weights": {"1": 100}})  # partial: v2 keeps 100
+    assert res["weights"] == {"1": 100, "2": 100}
+    text = d.config.read_text()
+    assert "# top comment kept" in text and "# the fraud model" in text
+    cfg = load_config(d.config)
+    assert [(v.version, v.weight) for v in cfg.model("fraud").versions] == [("1", 100.0), ("2", 100.0)]
+    from conftest import children_of
+    assert sorted(children_of(d.proc.pid)) == pids, "a weight change must not restart workers"
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"weights": {"9": 10}}, "weights.9: unknown version"),
+    ({"weights": {"1": -1}}, "weights.1: must be >= 0"),
+    ({"weights": {"1": "lots"}}, "weights.1: must be a number"),
+    ({"weights": {"1": True}}, "weights.1: must be a number"),
+    ({"weights": {"1": 0, "2": 0}}, "at least one version needs weight > 0"),
+    ({"weights": {}}, "non-empty"),
+    ({"wieghts": {"1": 1}}, "body must be a JSON object"),
+    (b"{nope", "malformed JSON"),
+])
+def test_invalid_changes_are_400_and_change_nothing(start_daemon, body, message):
+    d = start_daemon()
+    before = d.config.read_text()
+    status, res = put(d, "fraud", body)
+    assert status == 400 and message in res["error"]
+    assert json.loads(d.get("/admin/models/fraud/traffic")[1])["weights"] == {"1": 90, "2": 10}
+    assert d.config.read_text() == before
+
+
+def test_unknown_model_is_404(shared_daemon):
+    status, res = put(shared_daemon, "nope", {"weights": {"1": 1}})
+    assert status == 404 and "unknown model" in res["error"]
+
+
+def test_no_request_sees_a_half_updated_table(start_daemon):
+    d = start_daemon()
+    seen: Counter[tuple[int, str]] = Counter()
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            status, _, raw = d.post("/v2/models/fraud/infer", BODY)
+            seen[(status, json.loads(raw).get("model_version", "?"))] += 1
+
+    threads = [threading.Thread(target=load) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(20):
+            assert put(d, "fraud", {"weights": {"1": i % 2, "2": 1 - i % 2}})[0] == 200
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    assert {s for s, _ in seen} == {200} and {v for _, v in seen} <= {"1", "2"}
+
+
+def test_token_guards_the_admin_api(start_daemon):
+    d = start_daemon(env={"ROUTER_ADMIN_TOKEN": "s3cret"})
+    status, body = d.get("/admin/models")
+    assert status == 401 and "Bearer" in json.loads(body)["error"]
+    status, res = put(d, "fraud", {"weights": {"1": 1}}, {"Authorization": "Bearer wrong"})
+    assert status == 403 and "invalid admin token" in res["error"]
+    status, res = put(d, "fraud", {"weights": {"1": 50}}, {"Authorization": "Bearer s3cret"})
+    assert status == 200 and res["weights"]["1"] == 50
+    # Inference itself needs no token.
+    assert d.post("/v2/models/fraud/infer", BODY)[0] == 200
+
+
+def test_token_file_and_refusal_to_bind_beyond_loopback_without_a_token(tmp_path, store):
+    from conftest import write_config
+    cfg = write_config(tmp_path / "c.toml", store, [FRAUD])
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ROUTER_ADMIN_TOKEN"}
+    r = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(cfg),
+                        "--http", f"0.0.0.0:{free_port()}", "--msgpack", ""],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "refusing to listen on 0.0.0.0" in r.stderr
+    cfg.write_text(cfg.read_text() + '\n[admin]\ntoken_file = "missing-token"\n')
+    r = subprocess.run([sys.executable, "-m", "router", "serve", "--config", str(cfg)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "admin.token_file: cannot read" in r.stderr
+
+
+def test_cli_traffic_and_status(start_daemon):
+    d = start_daemon()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "router", *args, "--url", d.url], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    r = cli("traffic", "fraud", "1=75", "2=25")
+    assert r.returncode == 0, r.stderr
+    assert "fraud v1: weight 75 (75.0%)" in r.stdout and "fraud v2: weight 25 (25.0%)" in r.stdout
+    assert json.loads(d.get("/admin/models/fraud/traffic")[1])["weights"] == {"1": 75, "2": 25}
+    r = cli("traffic", "fraud", "9=1")
+    assert r.returncode == 1 and "400: weights.9: unknown version" in r.stderr
+    r = cli("traffic", "fraud", "bogus")
+    assert r.returncode == 2 and "expected VERSION=WEIGHT" in r.stderr
+    r = cli("status")
+    assert r.returncode == 0, r.stderr
+    assert "model fraud (routing key: x-user-id)" in r.stdout and "live" in r.stdout and "pid" in r.stdout
