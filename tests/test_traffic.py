@@ -157,3 +157,23 @@ def test_cli_traffic_and_status(start_daemon):
     r = cli("status")
     assert r.returncode == 0, r.stderr
     assert "model fraud (routing key: x-user-id)" in r.stdout and "live" in r.stdout and "pid" in r.stdout
+
+
+def test_a_key_lands_on_the_same_version_in_two_daemons_over_http_and_msgpack(start_daemon):
+    import numpy as np
+
+    from router.client import WireClient
+    models = [{"name": "fraud", "routing_key": "x-user-id",
+               "versions": [{"version": "1", "weight": 50}, {"version": "2", "weight": 50}]}]
+    a, b = start_daemon(models), start_daemon(models)
+    x = np.array([[1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]], np.float32)
+    picks = []
+    with WireClient("127.0.0.1", a.wire_port) as wa, WireClient("127.0.0.1", b.wire_port) as wb:
+        for i in range(60):
+            key = f"account-{i}"
+            http = [json.loads(d.post("/v2/models/fraud/infer", BODY, {"X-User-Id": key})[2])["model_version"]
+                    for d in (a, b)]
+            wire = [c.infer("fraud", {"features": x}, key=key).model_version for c in (wa, wb)]
+            assert len(set(http + wire)) == 1, (key, http, wire)
+            picks.append(http[0])
+    assert set(picks) == {"1", "2"}  # 50/50 over 60 keys: both versions get callers
