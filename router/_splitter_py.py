@@ -19,10 +19,13 @@ so the compiled twin computes the same bits.
 from __future__ import annotations
 
 import math
+import operator
 import os
 import struct
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["WeightTable", "hash64", "mix64"]
 
@@ -67,7 +70,7 @@ def hash64(data: bytes, seed: int = 0) -> int:
     """
     if not isinstance(data, bytes):
         raise TypeError(f"hash64() needs bytes, not {type(data).__name__}")
-    seed &= MASK64
+    seed = operator.index(seed) & MASK64
     n = len(data)
     p = 0
     if n >= 32:
@@ -111,7 +114,7 @@ def hash64(data: bytes, seed: int = 0) -> int:
 
 def mix64(x: int) -> int:
     """splitmix64's finalizer: a bijection of 64-bit ints with full avalanche."""
-    x &= MASK64
+    x = operator.index(x) & MASK64
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
     return x ^ (x >> 31)
@@ -161,7 +164,7 @@ class WeightTable:
         self._cum = cum
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        self._state = seed & MASK64
+        self._state = operator.index(seed) & MASK64
 
     def __len__(self) -> int:
         return len(self.versions)
@@ -228,6 +231,8 @@ class WeightTable:
             TypeError: ``keys`` is not a numpy array of dtype uint64.
             ValueError: ``keys`` is not 1-D.
         """
+        import numpy as np  # here, not at import: the router process does not load numpy
+
         if not isinstance(keys, np.ndarray) or keys.dtype != np.uint64:
             raise TypeError("keys must be a numpy array of dtype uint64")
         if keys.ndim != 1:

@@ -123,8 +123,8 @@ def parse_weights(body: Any, versions: Mapping[str, float], shadows: set[str]) -
     for version, w in raw.items():
         if version not in versions:
             raise ConfigError(f"weights.{version}: unknown version (the model has {', '.join(versions)})")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or w in (float("inf"),):
-            raise ConfigError(f"weights.{version}: must be a number, got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or w in (float("inf"), float("-inf")):
+            raise ConfigError(f"weights.{version}: must be a finite number, got {w!r}")
         if w < 0:
             raise ConfigError(f"weights.{version}: must be >= 0, got {w}")
         if w > 0 and version in shadows:

@@ -31,7 +31,7 @@ def _setup_logging() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from .framing import EXTENSION
+    from . import framing, splitter
     from .server import Server
 
     try:
@@ -47,7 +47,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2
-    log.info("config %s; compiled extensions: %s", config.source, "yes" if EXTENSION else "no (pure Python)")
+    compiled = [name for name, mod in (("framing", framing), ("splitter", splitter)) if mod.EXTENSION]
+    log.info("config %s; compiled extensions: %s", config.source, ", ".join(compiled) or "none (pure Python)")
 
     async def main() -> None:
         await Server(config, admin_token=token).run()

@@ -123,7 +123,9 @@ def _num(raw: dict[str, Any], key: str, where: str, default: float, lo: float, h
     v = raw.get(key, default)
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise ConfigError(f"{where}.{key}: must be a number, got {v!r}")
-    if v < lo or v != v:
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ConfigError(f"{where}.{key}: must be a finite number, got {v}")
+    if v < lo:
         raise ConfigError(f"{where}.{key}: must be >= {lo}, got {v}")
     if hi is not None and v > hi:
         raise ConfigError(f"{where}.{key}: must be <= {hi}, got {v}")

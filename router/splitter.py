@@ -1,55 +1,28 @@
-"""Traffic split between a model's versions.
+"""Traffic split between a model's versions: the one place that picks the
+compiled or the pure-Python splitter.
 
-A first, simple splitter: a weighted draw, sticky per routing key while the
-weights stay the same (the key's CRC-32 picks the point on the cumulative
-weight line). The weighted-rendezvous splitter with its compiled twin replaces
-it behind this same ``WeightTable.choose`` API.
+``WeightTable`` is a weighted rendezvous table: a keyed request sticks to the
+version with the lowest ``-log(u) / weight`` (``u`` from XXH64 of the key mixed
+with the version's seed), so changing one weight or the set of versions moves
+only the keys that must move; a request without a key draws by weight from the
+table's own generator. ``router/_splitter_py.py`` is the specification and
+``ext/_splitter.pyx`` its compiled twin (``router._splitter_c``).
+
+``ROUTER_NO_EXTENSIONS=1`` forces the twin; otherwise the extension is used and
+its absence is logged (never a silent fall-back to slow code).
 """
 
 from __future__ import annotations
 
-import random
-import zlib
-from bisect import bisect_right
-from itertools import accumulate
+from . import _splitter_py
+from ._compat import load_extension
 
+WeightTablePy = _splitter_py.WeightTable
+_impl, EXTENSION = load_extension("_splitter", _splitter_py)
+#: The compiled class, or None when it is not built or the twins are forced.
+WeightTableC = _impl.WeightTable if EXTENSION else None
 
-class WeightTable:
-    """An immutable routing table: versions and their weights (> 0).
+WeightTable = _impl.WeightTable
+hash64 = _impl.hash64
 
-    Built once per change and swapped in by one assignment, so a request never
-    sees a half-updated table.
-    """
-
-    __slots__ = ("versions", "weights", "_cum", "_total")
-
-    def __init__(self, versions: tuple[str, ...], weights: tuple[float, ...]) -> None:
-        if len(versions) != len(weights):
-            raise ValueError("versions and weights differ in length")
-        if any(w <= 0 for w in weights):
-            raise ValueError("every weight in a table must be > 0")
-        self.versions = versions
-        self.weights = weights
-        self._cum = list(accumulate(weights))
-        self._total = self._cum[-1] if self._cum else 0.0
-
-    def __len__(self) -> int:
-        return len(self.versions)
-
-    def choose(self, key: str | bytes | None) -> str | None:
-        """The version for a request with routing ``key`` (random by weight when None).
-
-        Returns None when the table is empty.
-        """
-        n = len(self.versions)
-        if n <= 1:
-            return self.versions[0] if n else None
-        if key is None:
-            point = random.random() * self._total
-        else:
-            if isinstance(key, str):
-                # aiohttp decodes header bytes that are not UTF-8 with surrogateescape:
-                # undo it, so the key hashes as the same bytes it would over TCP.
-                key = key.encode("utf-8", "surrogateescape")
-            point = (zlib.crc32(key) / 4294967296.0) * self._total
-        return self.versions[min(bisect_right(self._cum, point), n - 1)]
+__all__ = ["EXTENSION", "WeightTable", "WeightTableC", "WeightTablePy", "hash64"]

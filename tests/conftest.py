@@ -124,6 +124,12 @@ class Daemon:
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
         )
         self.workers: list[int] = []
+        self.signalled = False
+
+    def send(self, sig: int) -> None:
+        """Send ``sig`` once; a second SIGTERM while the daemon exits would kill it outright."""
+        self.signalled = True
+        self.proc.send_signal(sig)
 
     @property
     def log(self) -> str:
@@ -160,9 +166,11 @@ class Daemon:
         raise RuntimeError(f"daemon not ready in {timeout} s:\n{self.log}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
-        """Signal the daemon, wait for it, and assert none of its workers outlive it."""
+        """Signal the daemon (unless :meth:`send` already did), wait for it, and assert
+        none of its workers outlive it."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if not self.signalled:
+                self.send(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:

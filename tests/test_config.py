@@ -40,6 +40,7 @@ def test_defaults():
 @pytest.mark.parametrize("raw,message", [
     (base(weight=-1), "models[0].versions[0].weight: must be >= 0"),
     (base(weight="x"), "models[0].versions[0].weight: must be a number"),
+    (base(weight=float("inf")), "models[0].versions[0].weight: must be a finite number"),
     (base(weight=0), "models[0].versions: at least one version needs weight > 0"),
     (base(replicas=0), "models[0].versions[0].replicas: must be >= 1"),
     (base(device="tpu"), "models[0].versions[0].device: must be \"cpu\" or \"cuda:N\""),

@@ -69,8 +69,9 @@ def test_weights_change_live_without_worker_restarts_and_are_written_back(start_
 @pytest.mark.parametrize("body,message", [
     ({"weights": {"9": 10}}, "weights.9: unknown version"),
     ({"weights": {"1": -1}}, "weights.1: must be >= 0"),
-    ({"weights": {"1": "lots"}}, "weights.1: must be a number"),
-    ({"weights": {"1": True}}, "weights.1: must be a number"),
+    ({"weights": {"1": "lots"}}, "weights.1: must be a finite number"),
+    ({"weights": {"1": True}}, "weights.1: must be a finite number"),
+    ({"weights": {"1": 1e999}}, "weights.1: must be a finite number"),
     ({"weights": {"1": 0, "2": 0}}, "at least one version needs weight > 0"),
     ({"weights": {}}, "non-empty"),
     ({"wieghts": {"1": 1}}, "body must be a JSON object"),

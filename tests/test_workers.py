@@ -141,7 +141,7 @@ def test_sigterm_drains_in_flight_requests_then_exits_0(start_daemon):
     with ThreadPoolExecutor(8) as ex:
         futs = [ex.submit(d.post, "/v2/models/mlp-wide/infer", WIDE_BODY) for _ in range(8)]
         time.sleep(0.15)  # all eight are now waiting in the worker's batching window
-        d.proc.send_signal(signal.SIGTERM)
+        d.send(signal.SIGTERM)
         time.sleep(0.05)
         keepalive.request("GET", "/v2/health/ready")
         r = keepalive.getresponse()
