@@ -82,13 +82,11 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def auth_middleware(token: str | None) -> Any:
-    """aiohttp middleware guarding every path under ``/admin/``."""
+    """aiohttp middleware of the admin sub-application (so inference never pays for it)."""
     expected = f"Bearer {token}".encode() if token else b""
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
-        if not request.path.startswith("/admin/"):
-            return await handler(request)
         if token is None:
             if not is_loopback(request.remote):
                 return _error(403, "the admin API answers only loopback callers when no admin token is set")
@@ -226,8 +224,11 @@ def _with_weights(config: Config, model: str, weights: Mapping[str, float]) -> C
     return dataclasses.replace(config, models=models)
 
 
-def add_routes(app: web.Application, server: Server) -> None:
+def make_admin_app(server: Server) -> web.Application:
+    """The ``/admin/`` sub-application, guarded by :func:`auth_middleware`."""
+    app = web.Application(middlewares=[auth_middleware(server.admin_token)])
     h = AdminHandlers(server)
-    app.router.add_get("/admin/models", h.models)
-    app.router.add_get("/admin/models/{model}/traffic", h.get_traffic)
-    app.router.add_put("/admin/models/{model}/traffic", h.put_traffic)
+    app.router.add_get("/models", h.models)
+    app.router.add_get("/models/{model}/traffic", h.get_traffic)
+    app.router.add_put("/models/{model}/traffic", h.put_traffic)
+    return app

@@ -15,7 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
-from .admin import add_routes, auth_middleware
+from .admin import make_admin_app
 from .errors import BadRequest, InferenceError, NotFound, PayloadTooLarge, WorkerUnavailable
 from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from .meta import ModelMeta
@@ -200,8 +200,7 @@ class Handlers:
 
 def make_app(server: Server) -> web.Application:
     """The aiohttp application serving OIP v2 and /metrics for ``server``."""
-    app = web.Application(middlewares=[json_errors, auth_middleware(server.admin_token)],
-                          client_max_size=server.config.server.max_body_bytes)
+    app = web.Application(middlewares=[json_errors], client_max_size=server.config.server.max_body_bytes)
     app[SERVER_KEY] = server
     h = Handlers(server)
     r = app.router
@@ -213,5 +212,5 @@ def make_app(server: Server) -> web.Application:
         r.add_get(base + "/ready", h.model_ready)
         r.add_post(base + "/infer", h.infer)
     r.add_get("/metrics", h.metrics_endpoint)
-    add_routes(app, server)
+    app.add_subapp("/admin/", make_admin_app(server))
     return app
