@@ -178,3 +178,18 @@ def test_a_key_lands_on_the_same_version_in_two_daemons_over_http_and_msgpack(st
             assert len(set(http + wire)) == 1, (key, http, wire)
             picks.append(http[0])
     assert set(picks) == {"1", "2"}  # 50/50 over 60 keys: both versions get callers
+
+
+def test_cli_sends_the_token_from_the_environment(start_daemon):
+    import os
+    d = start_daemon(env={"ROUTER_ADMIN_TOKEN": "t0ken"})
+    base = {k: v for k, v in os.environ.items() if k != "ROUTER_ADMIN_TOKEN"}
+
+    def status(env):
+        return subprocess.run([sys.executable, "-m", "router", "status", "--url", d.url], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+
+    r = status(base)
+    assert r.returncode == 1 and "401" in r.stderr
+    r = status({**base, "ROUTER_ADMIN_TOKEN": "t0ken"})
+    assert r.returncode == 0 and "model fraud" in r.stdout, r.stderr
