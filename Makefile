@@ -46,13 +46,15 @@ $(DEMO):
 	$(PY) -m router demo-models --config $(CONFIG)
 
 bench: build
-	$(PY) -m pytest bench/test_micro.py --benchmark-only -q
+	mkdir -p bench/out
+	$(PY) -m pytest bench/test_micro.py bench/test_splitter.py --benchmark-only -q
 	$(PY) -m bench.load --json bench/out/load.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
 bench-smoke: build
-	$(PY) -m pytest bench/test_micro.py --benchmark-only -q --benchmark-min-rounds=3 --benchmark-max-time=0.05 \
+	mkdir -p bench/out
+	$(PY) -m pytest bench/test_micro.py bench/test_splitter.py --benchmark-only -q --benchmark-min-rounds=3 --benchmark-max-time=0.05 \
 		--benchmark-json=bench/out/micro.json
 	$(PY) -m bench.load --quick --json bench/out/load-smoke.json
 
