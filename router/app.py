@@ -43,8 +43,7 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, f"body of {exc.actual_size} bytes exceeds the limit of "
-                                   f"{exc.max_size} bytes")
+        return error_response(413, exc.text or "request body too large")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -102,7 +102,7 @@ class WireProtocol(asyncio.Protocol):
             if t is not None:
                 t.write(reply_frame(rid, status, answered, result if status == 200
                                     else result.decode(errors="replace")))
-            self.metrics.observe(model, answered, "msgpack", status, loop.time() - t0)
+            self.metrics.observe(model, answered or "", "msgpack", status, loop.time() - t0)
 
         try:
             if self.server.draining:

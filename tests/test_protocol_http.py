@@ -243,3 +243,17 @@ def test_optimize_false_serves_the_module_exactly_as_saved(start_daemon, store):
     m = torch.jit.load(str(store / "fraud" / "2" / "model.pt"))
     with torch.inference_mode():
         np.testing.assert_array_equal(got, m(torch.from_numpy(X)).numpy())
+
+
+@pytest.mark.parametrize("path", ["/v2/models/fraud/infer", "/admin/models/fraud/traffic"])
+def test_oversized_chunked_body_is_413_json(shared_daemon, path):
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", shared_daemon.http_port, timeout=10)
+    chunks = (b"x" * 65536 for _ in range(40))  # 2.5 MiB, no Content-Length: the limit is found while reading
+    conn.request("PUT" if "admin" in path else "POST", path, body=chunks, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413
+    assert "exceed" in json.loads(r.read())["error"]
+    conn.close()
+    assert shared_daemon.post("/v2/models/fraud/infer", oip_json(X[:1]))[0] == 200
