@@ -23,6 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 import msgpack
+import torch
 
 from router import link
 from router.errors import FrameError, RouterError
@@ -184,7 +185,8 @@ def run(spec: WorkerSpec) -> int:
     worker = Worker(spec, sock, model, meta)
     worker.send_hello()
     try:
-        worker.serve()
+        with torch.inference_mode():
+            worker.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
     return 0
