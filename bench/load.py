@@ -325,7 +325,7 @@ class Bench:
             if "runtime" in argv:
                 self.workers[f"{argv[argv.index('--name') + 1]}/{argv[argv.index('--version') + 1]}"] = pid
         self.info["router_rss_ready_kib"] = kib(status_field(self.router.pid, "VmRSS"))
-        self.info["compiled_extensions"] = "compiled extensions: yes" in self.router.log
+        self.info["compiled_extensions"] = "compiled extensions: framing, splitter" in self.router.log
         self.floor = self._spawn("floor", [py, "-m", "bench.floor", "--store", str(store),
                                            "--port", str(self.ports["floor"]), *FLOOR_MODELS])
         wait_http_ready(self.floor, self.ports["floor"], 120)
