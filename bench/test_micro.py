@@ -10,28 +10,21 @@ is only the function under test. The requests are the fraud/1 ones of
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench._impls import IMPLS, implementation
 from bench.payloads import FRAUD
-from router import _framing_py, link
+from router import link
 from router.link import FMT_JSON, FMT_MSGPACK
-
-IMPLS = ["c", "py"]
 
 
 @pytest.fixture(params=IMPLS)
 def framing(request: pytest.FixtureRequest):
     """``router._framing_c`` (id ``c``) or ``router._framing_py`` (id ``py``)."""
-    if request.param == "py":
-        return _framing_py
-    try:
-        return importlib.import_module("router._framing_c")
-    except ImportError as exc:
-        pytest.skip(f"router._framing_c is not built: {exc}")
+    return implementation(request, "_framing")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,12 @@ is keys/s = batch size / median seconds (in ``test_choose_batch``'s
 
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import pytest
 
+from bench._impls import IMPLS, implementation
 from router import _splitter_py
 
-IMPLS = ["c", "py"]
 VERSIONS = ("1", "2", "canary")
 WEIGHTS = (70.0, 20.0, 10.0)
 KEY = "user-1234567"
@@ -27,12 +25,7 @@ BATCH = {"c": 1_000_000, "py": 20_000}  # the twin is a Python loop: a smaller b
 @pytest.fixture(params=IMPLS)
 def splitter(request: pytest.FixtureRequest):
     """``router._splitter_c`` (id ``c``) or ``router._splitter_py`` (id ``py``)."""
-    if request.param == "py":
-        return _splitter_py
-    try:
-        return importlib.import_module("router._splitter_c")
-    except ImportError as exc:
-        pytest.skip(f"router._splitter_c is not built: {exc}")
+    return implementation(request, "_splitter")
 
 
 @pytest.fixture

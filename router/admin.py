@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .config import Address, Config
-from .configfile import write_weights
+from .configfile import plain_number, write_weights
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ class AdminHandlers:
         return {
             "model": name,
             "routing_key": mc.routing_key,
-            "weights": {v.version: _num(v.weight) for v in mc.versions},
+            "weights": {v.version: plain_number(v.weight) for v in mc.versions},
             "shadow": {v.version: v.shadow for v in mc.versions if v.shadow},
             "live": list(route.table.versions),
         }
@@ -184,7 +184,7 @@ class AdminHandlers:
                     return _error(409 if isinstance(exc, ConfigError) else 500,
                                   f"config file not updated, nothing changed: {exc}")
             self.server.set_config(_with_weights(config, name, weights))
-            log.info("traffic for %s: %s", name, ", ".join(f"{v}={_num(w)}" for v, w in weights.items()))
+            log.info("traffic for %s: %s", name, ", ".join(f"{v}={plain_number(w)}" for v, w in weights.items()))
         return web.json_response(self._traffic(name))
 
     async def models(self, request: web.Request) -> web.Response:
@@ -194,7 +194,7 @@ class AdminHandlers:
             t["versions"] = [
                 {
                     "version": p.version,
-                    "weight": _num(p.vc.weight),
+                    "weight": plain_number(p.vc.weight),
                     "shadow": p.vc.shadow,
                     "device": p.vc.device,
                     "workers": [
@@ -209,10 +209,6 @@ class AdminHandlers:
             out.append(t)
         return web.json_response({"models": out, "ready": self.server.pools.ready,
                                   "draining": self.server.draining})
-
-
-def _num(v: float) -> int | float:
-    return int(v) if float(v).is_integer() else v
 
 
 def _with_weights(config: Config, model: str, weights: Mapping[str, float]) -> Config:

@@ -87,9 +87,7 @@ class Handlers:
 
     def _route(self, request: web.Request):  # -> (ModelRoute, VersionPool | None)
         name = request.match_info["model"]
-        route = self.pools.models.get(name)
-        if route is None:
-            raise NotFound(f"unknown model {name!r}")
+        route = self.pools.route(name)
         v = request.match_info.get("version")
         if v is None:
             return route, None
@@ -188,7 +186,7 @@ class Handlers:
             if not fut.done():
                 fut.set_result((status, hl, payload))
 
-        answered = self.pools.submit(model, version, key, kind, hlen, body, done, t0)
+        answered = self.pools.submit(route, version, key, kind, hlen, body, done, t0)
         status, hl, payload = await fut
         return status, hl, payload, answered
 

@@ -19,7 +19,7 @@ from .config import Config, parse_config
 from .errors import ConfigError
 
 
-def _number(v: float) -> int | float:
+def plain_number(v: float) -> int | float:
     # Keep integers looking like integers in the file: `weight = 80`, not `80.0`.
     return int(v) if float(v).is_integer() else float(v)
 
@@ -46,7 +46,7 @@ def write_weights(path: Path, model: str, weights: Mapping[str, float]) -> Confi
         vt = next((v for v in table.get("versions", []) if str(v.get("version")) == version), None)
         if vt is None:
             raise ConfigError(f"{path}: model {model!r} has no version {version!r}")
-        vt["weight"] = _number(weight)
+        vt["weight"] = plain_number(weight)
     new = tomlkit.dumps(doc)
     config = parse_config(tomlkit.parse(new).unwrap(), path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -44,8 +44,7 @@ HEAD_SIZE = _HEAD.size
 
 def pack(rid: int, code: int, header_len: int, payload: bytes) -> bytes:
     """A whole link frame (length prefix included) carrying ``payload``."""
-    n = len(payload)
-    return _FRAME.pack(HEAD_SIZE + n, 0x94, 0xCE, rid, 0xCD, code, 0xCE, header_len, 0xC6, n) + payload
+    return pack_head(rid, code, header_len, len(payload)) + payload
 
 
 def pack_head(rid: int, code: int, header_len: int, n: int) -> bytes:

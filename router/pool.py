@@ -177,20 +177,29 @@ class Pools:
             if link is not None and link.pending:
                 link.expire(now)
 
-    def submit(self, model: str, version: str | None, key: str | bytes | None, kind: int, header_len: int,
+    def route(self, model: str) -> ModelRoute:
+        """The model's route.
+
+        Raises:
+            NotFound: unknown model.
+        """
+        route = self.models.get(model)
+        if route is None:
+            raise NotFound(f"unknown model {model!r}")
+        return route
+
+    def submit(self, route: ModelRoute, version: str | None, key: str | bytes | None, kind: int, header_len: int,
                payload: bytes, done: Done, now: float) -> str:
-        """Send a request to a worker of the right version; returns that version.
+        """Send a request to a worker of the right version of ``route``'s model; returns that version.
 
         ``done(status, header_len, payload)`` runs exactly once: on the worker's
         reply, on the worker's death (503), or at the deadline (504).
 
         Raises:
-            NotFound: unknown model or version.
+            NotFound: unknown version.
             WorkerUnavailable: no live worker, or every live one is full.
         """
-        route = self.models.get(model)
-        if route is None:
-            raise NotFound(f"unknown model {model!r}")
+        model = route.name
         if version is None:
             v = route.table.choose(key)
             if v is None:

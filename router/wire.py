@@ -111,7 +111,8 @@ class WireProtocol(asyncio.Protocol):
             counts[ckey] += 1
             self.in_flight += 1
             try:
-                answered = self.pools.submit(model, version, key, FMT_MSGPACK, 0, payload, done, t0)
+                answered = self.pools.submit(self.pools.route(model), version, key, FMT_MSGPACK, 0, payload,
+                                             done, t0)
             except BaseException:
                 counts[ckey] -= 1
                 self.in_flight -= 1
