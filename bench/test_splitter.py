@@ -19,6 +19,8 @@ from router import _splitter_py
 VERSIONS = ("1", "2", "canary")
 WEIGHTS = (70.0, 20.0, 10.0)
 KEY = "user-1234567"
+SHADOW = ("shadow",)
+SHADOW_FRACTION = (0.5,)
 BATCH = {"c": 1_000_000, "py": 20_000}  # the twin is a Python loop: a smaller batch keeps the run short
 
 
@@ -43,6 +45,16 @@ def test_choose_bytes_key(benchmark, table) -> None:
 
 def test_choose_no_key(benchmark, table) -> None:
     assert benchmark(table.choose, None) in VERSIONS
+
+
+@pytest.fixture
+def mirror(splitter):
+    return splitter.MirrorTable(SHADOW, SHADOW_FRACTION, seed=1)
+
+
+def test_pick_str_key(benchmark, mirror) -> None:
+    """Keyed mirror pick, one shadow version at 0.5 (``KEY`` is picked: the prebuilt 1-tuple)."""
+    assert benchmark(mirror.pick, KEY) == SHADOW
 
 
 def test_hash64_key(benchmark, splitter) -> None:

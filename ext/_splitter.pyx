@@ -4,13 +4,19 @@ signatures and results, bit for bit. Built as ``router._splitter_c``."""
 
 cimport cython
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.math cimport log
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 import os
 
-__all__ = ["WeightTable", "hash64", "mix64"]
+__all__ = ["SHADOW_SEED", "MirrorTable", "WeightTable", "hash64", "mix64"]
+
+#: Seeds the versions' mirror hashes (ASCII "SHADW"): routing seeds them with 0, so a
+#: key's mirror picks are independent of the version it is routed to.
+SHADOW_SEED = 0x5348414457
 
 
 cdef extern from "Python.h":
@@ -123,6 +129,11 @@ cdef inline double _score(uint64_t h, uint64_t seed, double weight) noexcept nog
     # The top 52 bits plus a half: exactly representable, so u is strictly inside (0, 1).
     cdef double u = (<double>(_mix64(h ^ seed) >> 12) + 0.5) * TWO_M52
     return -log(u) / weight
+
+
+cdef inline double _unit(uint64_t x) noexcept nogil:
+    # The top 53 bits: exact, and in [0, 1) (never 1.0), so a fraction of 1 always picks.
+    return <double>(_mix64(x) >> 11) * TWO_M53
 
 
 def hash64(data: bytes, seed: int = 0) -> int:
@@ -320,3 +331,148 @@ cdef class WeightTable:
             for j in range(m):
                 o[j] = self._rendezvous(k[j])
         return out
+
+
+@cython.final
+cdef class MirrorTable:
+    """An immutable mirror table: shadow versions, the fraction of traffic each one copies, a keyless draw.
+
+    Built once per change and swapped in by one assignment, like ``WeightTable``.
+    Each version decides on its own: a version with fraction ``f`` gets a copy of
+    a share ``f`` of the keys, and any number of versions (none included) can get
+    the same request.
+
+    Args:
+        versions: shadow version names; each one's mirror seed is the XXH64 of
+            its UTF-8 name with seed ``SHADOW_SEED``, so a key is mirrored the
+            same way in every process, independently of its routing.
+        fractions: one fraction per version, each in (0, 1]; 1 mirrors every request.
+        seed: seeds the splitmix64 generator used when a request has no key;
+            None takes 8 bytes from ``os.urandom``.
+
+    Raises:
+        ValueError: the lengths differ, or a fraction is not in (0, 1] (NaN included).
+    """
+
+    cdef readonly tuple versions
+    cdef readonly tuple fractions
+    cdef tuple _singles
+    cdef Py_ssize_t _n
+    cdef uint64_t* _seeds
+    cdef double* _f
+    cdef uint64_t _state
+
+    def __cinit__(self):
+        self._n = 0
+        self._seeds = NULL
+        self._f = NULL
+
+    def __init__(self, versions: tuple[str, ...], fractions: tuple[float, ...], seed: int | None = None) -> None:
+        if len(versions) != len(fractions):
+            raise ValueError("versions and fractions differ in length")
+        versions = tuple(versions)
+        f = [float(x) for x in fractions]
+        for v, x in zip(versions, f, strict=True):
+            if not 0.0 < x <= 1.0:  # NaN fails too
+                raise ValueError(f"the mirror fraction of version {v!r} must be in (0, 1], not {x!r}")
+        self.versions = versions
+        self.fractions = tuple(fractions)
+        seeds = [hash64(v.encode("utf-8", "surrogateescape"), SHADOW_SEED) for v in versions]
+        # The answer when one version is picked (the common case), built once so a pick allocates nothing.
+        self._singles = tuple((v,) for v in versions)
+        cdef Py_ssize_t n = len(f)
+        cdef Py_ssize_t i
+        self._release()
+        if n:
+            self._seeds = <uint64_t*>malloc(n * sizeof(uint64_t))
+            self._f = <double*>malloc(n * sizeof(double))
+            if self._seeds == NULL or self._f == NULL:
+                self._release()
+                raise MemoryError()
+            for i in range(n):
+                self._seeds[i] = <uint64_t>seeds[i]
+                self._f[i] = <double>f[i]
+        self._n = n
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self._state = PyLong_AsUnsignedLongLongMask(seed)
+
+    cdef void _release(self) noexcept:
+        free(self._seeds)
+        free(self._f)
+        self._seeds = NULL
+        self._f = NULL
+        self._n = 0
+
+    def __dealloc__(self):
+        self._release()
+
+    def __len__(self) -> int:
+        return self._n
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef inline bint _hit(self, bint keyed, uint64_t h, Py_ssize_t i) noexcept nogil:
+        # Keyless, ``h`` is the generator's state before this pick and version i takes its
+        # (i + 1)-th step, as the twin's one step per version: the steps can be replayed.
+        if keyed:
+            return _unit(h ^ self._seeds[i]) < self._f[i]
+        return _unit(h + <uint64_t>(i + 1) * GAMMA) < self._f[i]
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef tuple _pick(self, bint keyed, uint64_t h):
+        cdef Py_ssize_t n = self._n
+        cdef Py_ssize_t i, j
+        cdef Py_ssize_t first = -1
+        cdef Py_ssize_t count = 0
+        for i in range(n):
+            if self._hit(keyed, h, i):
+                if count == 0:
+                    first = i
+                count += 1
+        if not keyed:
+            self._state = h + <uint64_t>n * GAMMA
+        if count == 0:
+            return ()
+        if count == 1:
+            return <tuple>self._singles[first]
+        # Several picks (rare): replay the hits rather than keep them in a buffer on the
+        # table, which PyTuple_New could reach again through a garbage-collection finalizer.
+        out = PyTuple_New(count)
+        j = 0
+        for i in range(first, n):
+            if self._hit(keyed, h, i):
+                v = self.versions[i]
+                Py_INCREF(v)  # PyTuple_SET_ITEM steals a reference
+                PyTuple_SET_ITEM(out, j, v)
+                j += 1
+        return out
+
+    def pick(self, key: str | bytes | None) -> tuple[str, ...]:
+        """The versions (in table order) that get a copy of a request with routing ``key``.
+
+        A keyed request picks version ``v`` when ``u < fractions[v]``, ``u`` in
+        [0, 1) from XXH64 of the key (hashed as in ``WeightTable.index``) mixed
+        with the version's mirror seed: the same key always gets the same answer.
+        None draws one number per version from the table's generator, picked or
+        not, so the sequence depends only on the seed.
+
+        Returns ``()`` when no version is picked (and always for an empty table),
+        and the same 1-tuple object each time one given version is picked alone.
+
+        Raises:
+            TypeError: ``key`` is not str, bytes or None.
+        """
+        cdef bytes b
+        if isinstance(key, str):
+            if PyUnicode_IS_COMPACT_ASCII(key):
+                return self._pick(True, _xxh64(<const uint8_t*>PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key), 0))
+            b = (<str>key).encode("utf-8", "surrogateescape")
+        elif isinstance(key, bytes):
+            b = <bytes>key
+        elif key is None:
+            return self._pick(False, self._state)
+        else:
+            raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
+        return self._pick(True, _xxh64(<const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), 0))

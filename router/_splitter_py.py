@@ -11,6 +11,12 @@ depends only on the key, its own name and its own weight, so raising one weight
 only moves keys into that version, lowering it only moves keys out, and adding
 or removing a version only moves the keys it wins or held.
 
+``MirrorTable`` picks the shadow versions that get a copy of a live request:
+version ``v`` is picked when ``u_v < fraction_v``, with ``u_v`` in [0, 1) a fixed
+hash of the key and the version's name under a seed of its own (``SHADOW_SEED``),
+so whether a key is mirrored is independent of where it is routed, the same in
+every process, and raising a fraction only adds keys.
+
 Everything is integer arithmetic masked to 64 bits plus IEEE-754 doubles and
 the C library's ``log`` (``math.log`` calls it for finite positive arguments),
 so the compiled twin computes the same bits.
@@ -27,7 +33,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["WeightTable", "hash64", "mix64"]
+__all__ = ["SHADOW_SEED", "MirrorTable", "WeightTable", "hash64", "mix64"]
 
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -43,6 +49,10 @@ _GAMMA = 0x9E3779B97F4A7C15
 #: 2**-52 and 2**-53, exact doubles.
 _TWO_M52 = 2.0**-52
 _TWO_M53 = 2.0**-53
+
+#: Seeds the versions' mirror hashes (ASCII "SHADW"): routing seeds them with 0, so a
+#: key's mirror picks are independent of the version it is routed to.
+SHADOW_SEED = 0x5348414457
 
 _stripe = struct.Struct("<4Q").unpack_from
 _lane64 = struct.Struct("<Q").unpack_from
@@ -125,6 +135,11 @@ def _score(h: int, seed: int, weight: float) -> float:
     # (0, 1) (with 53 bits the largest value would round up to 1.0).
     u = ((mix64(h ^ seed) >> 12) + 0.5) * _TWO_M52
     return -math.log(u) / weight
+
+
+def _unit(x: int) -> float:
+    # The top 53 bits: exact, and in [0, 1) (never 1.0), so a fraction of 1 always picks.
+    return (mix64(x) >> 11) * _TWO_M53
 
 
 class WeightTable:
@@ -241,3 +256,82 @@ class WeightTable:
         if n <= 1:
             return np.full(keys.shape[0], n - 1, dtype=np.int64)
         return np.fromiter((self._rendezvous(h) for h in keys.tolist()), dtype=np.int64, count=keys.shape[0])
+
+
+class MirrorTable:
+    """An immutable mirror table: shadow versions, the fraction of traffic each one copies, a keyless draw.
+
+    Built once per change and swapped in by one assignment, like ``WeightTable``.
+    Each version decides on its own: a version with fraction ``f`` gets a copy of
+    a share ``f`` of the keys, and any number of versions (none included) can get
+    the same request.
+
+    Args:
+        versions: shadow version names; each one's mirror seed is the XXH64 of
+            its UTF-8 name with seed ``SHADOW_SEED``, so a key is mirrored the
+            same way in every process, independently of its routing.
+        fractions: one fraction per version, each in (0, 1]; 1 mirrors every request.
+        seed: seeds the splitmix64 generator used when a request has no key;
+            None takes 8 bytes from ``os.urandom``.
+
+    Raises:
+        ValueError: the lengths differ, or a fraction is not in (0, 1] (NaN included).
+    """
+
+    __slots__ = ("versions", "fractions", "_seeds", "_f", "_singles", "_state")
+
+    def __init__(self, versions: tuple[str, ...], fractions: tuple[float, ...], seed: int | None = None) -> None:
+        if len(versions) != len(fractions):
+            raise ValueError("versions and fractions differ in length")
+        versions = tuple(versions)
+        f = [float(x) for x in fractions]
+        for v, x in zip(versions, f, strict=True):
+            if not 0.0 < x <= 1.0:  # NaN fails too
+                raise ValueError(f"the mirror fraction of version {v!r} must be in (0, 1], not {x!r}")
+        self.versions = versions
+        self.fractions = tuple(fractions)
+        self._seeds = [hash64(v.encode("utf-8", "surrogateescape"), SHADOW_SEED) for v in versions]
+        self._f = f
+        # The answer when one version is picked (the common case), built once so a pick allocates nothing.
+        self._singles = tuple((v,) for v in versions)
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        self._state = operator.index(seed) & MASK64
+
+    def __len__(self) -> int:
+        return len(self.versions)
+
+    def pick(self, key: str | bytes | None) -> tuple[str, ...]:
+        """The versions (in table order) that get a copy of a request with routing ``key``.
+
+        A keyed request picks version ``v`` when ``u < fractions[v]``, ``u`` in
+        [0, 1) from XXH64 of the key (hashed as in ``WeightTable.index``) mixed
+        with the version's mirror seed: the same key always gets the same answer.
+        None draws one number per version from the table's generator, picked or
+        not, so the sequence depends only on the seed.
+
+        Returns ``()`` when no version is picked (and always for an empty table),
+        and the same 1-tuple object each time one given version is picked alone.
+
+        Raises:
+            TypeError: ``key`` is not str, bytes or None.
+        """
+        if isinstance(key, str):
+            key = key.encode("utf-8", "surrogateescape")
+        elif key is not None and not isinstance(key, bytes):
+            raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
+        f = self._f
+        if key is None:
+            hits = []
+            for i in range(len(f)):
+                self._state = (self._state + _GAMMA) & MASK64
+                if _unit(self._state) < f[i]:
+                    hits.append(i)
+        else:
+            h = hash64(key)
+            hits = [i for i, s in enumerate(self._seeds) if _unit(h ^ s) < f[i]]
+        if not hits:
+            return ()
+        if len(hits) == 1:
+            return self._singles[hits[0]]
+        return tuple(self.versions[i] for i in hits)

@@ -1,4 +1,4 @@
-"""The admin API under ``/admin/``: traffic weights and status, behind a bearer token.
+"""The admin API under ``/admin/``: traffic weights, shadows and status, behind a bearer token.
 
 With a token configured (``ROUTER_ADMIN_TOKEN`` or ``admin.token_file``) every
 ``/admin/`` request needs ``Authorization: Bearer <token>`` (401 without it,
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .config import Address, Config
-from .configfile import plain_number, write_weights
+from .configfile import plain_number, write_traffic
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -101,36 +101,56 @@ def auth_middleware(token: str | None) -> Any:
     return guard
 
 
-def parse_weights(body: Any, versions: Mapping[str, float], shadows: set[str]) -> dict[str, float]:
-    """Validate a ``{"weights": {...}}`` document against a model's versions.
+def _number(raw: Any, where: str, hi: float | None = None) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw or raw in (float("inf"), float("-inf")):
+        raise ConfigError(f"{where}: must be a finite number, got {raw!r}")
+    if raw < 0:
+        raise ConfigError(f"{where}: must be >= 0, got {raw}")
+    if hi is not None and raw > hi:
+        raise ConfigError(f"{where}: must be <= {hi}, got {raw}")
+    return float(raw)
 
-    Versions not named keep their weight. Returns the full new weight map.
+
+def _section(body: dict, field: str, versions: Mapping[str, float], hi: float | None) -> dict[str, float]:
+    raw = body[field]
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError(f"{field}: must be a non-empty object of version -> number")
+    new = dict(versions)
+    for version, v in raw.items():
+        if version not in versions:
+            raise ConfigError(f"{field}.{version}: unknown version (the model has {', '.join(versions)})")
+        new[version] = _number(v, f"{field}.{version}", hi)
+    return new
+
+
+def parse_traffic(body: Any, weights: Mapping[str, float],
+                  shadows: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
+    """Validate a ``{"weights": {...}, "shadow": {...}}`` document (either part may be left out).
+
+    Versions not named keep their weight and shadow fraction. Returns the full
+    new weight and shadow maps.
 
     Raises:
-        ConfigError: naming the problem (unknown version, bad number, all zero).
+        ConfigError: naming the problem (unknown version, bad number, a version
+            that would be both live and shadow, no live version left).
     """
-    if not isinstance(body, dict) or "weights" not in body:
-        raise ConfigError('body must be a JSON object like {"weights": {"1": 80, "2": 20}}')
-    unknown = sorted(set(body) - {"weights"})
+    unknown = sorted(set(body) - {"weights", "shadow"}) if isinstance(body, dict) else []
     if unknown:
-        raise ConfigError(f"unknown field {unknown[0]!r} (allowed: weights)")
-    raw = body["weights"]
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError("weights: must be a non-empty object of version -> weight")
-    new = dict(versions)
-    for version, w in raw.items():
-        if version not in versions:
-            raise ConfigError(f"weights.{version}: unknown version (the model has {', '.join(versions)})")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or w != w or w in (float("inf"), float("-inf")):
-            raise ConfigError(f"weights.{version}: must be a finite number, got {w!r}")
-        if w < 0:
-            raise ConfigError(f"weights.{version}: must be >= 0, got {w}")
-        if w > 0 and version in shadows:
-            raise ConfigError(f"weights.{version}: a shadow version takes no live traffic")
-        new[version] = float(w)
-    if not any(w > 0 for w in new.values()):
+        raise ConfigError(f"unknown field {unknown[0]!r} (allowed: weights, shadow)")
+    if not isinstance(body, dict) or not ({"weights", "shadow"} & set(body)):
+        raise ConfigError('body must be a JSON object like {"weights": {"1": 80, "2": 20}} '
+                          'or {"shadow": {"3": 0.5}}, or both')
+    new_w = _section(body, "weights", weights, None) if "weights" in body else dict(weights)
+    new_s = _section(body, "shadow", shadows, 1.0) if "shadow" in body else dict(shadows)
+    for version in weights:
+        if new_w[version] > 0 and new_s[version] > 0:
+            field = "shadow" if version in body.get("shadow", ()) else "weights"
+            raise ConfigError(
+                f"{field}.{version}: a version is either live (weight > 0) or a shadow, not both; "
+                f'to make it a shadow send {{"weights": {{"{version}": 0}}, "shadow": {{"{version}": ...}}}}')
+    if not any(w > 0 for w in new_w.values()):
         raise ConfigError("weights: at least one version needs weight > 0")
-    return new
+    return new_w, new_s
 
 
 class AdminHandlers:
@@ -169,8 +189,8 @@ class AdminHandlers:
         async with self._lock:
             mc = pools.models[name].config
             try:
-                weights = parse_weights(body, {v.version: v.weight for v in mc.versions},
-                                        {v.version for v in mc.versions if v.shadow})
+                weights, shadows = parse_traffic(body, {v.version: v.weight for v in mc.versions},
+                                                 {v.version: v.shadow for v in mc.versions})
             except ConfigError as exc:
                 return _error(400, str(exc))
             config = self.server.config
@@ -178,13 +198,15 @@ class AdminHandlers:
                 # Write first: if the file cannot take the change, nothing changes.
                 try:
                     await asyncio.get_running_loop().run_in_executor(
-                        None, write_weights, config.source, name, weights)
+                        None, write_traffic, config.source, name, weights, shadows)
                 except (ConfigError, OSError) as exc:
                     log.error("traffic change for %s not applied: %s", name, exc)
                     return _error(409 if isinstance(exc, ConfigError) else 500,
                                   f"config file not updated, nothing changed: {exc}")
-            self.server.set_config(_with_weights(config, name, weights))
-            log.info("traffic for %s: %s", name, ", ".join(f"{v}={plain_number(w)}" for v, w in weights.items()))
+            self.server.set_config(_with_traffic(config, name, weights, shadows))
+            log.info("traffic for %s: %s", name, ", ".join(
+                f"{v}={plain_number(w)}" if not shadows[v] else f"{v}=shadow {shadows[v]:g}"
+                for v, w in weights.items()))
         return web.json_response(self._traffic(name))
 
     async def models(self, request: web.Request) -> web.Response:
@@ -197,6 +219,10 @@ class AdminHandlers:
                     "weight": plain_number(p.vc.weight),
                     "shadow": p.vc.shadow,
                     "device": p.vc.device,
+                    **({"shadow_queue": {"outstanding": route.shadows[p.version].outstanding,
+                                         "limit": p.vc.shadow_queue,
+                                         "last_error": route.shadows[p.version].last_error}}
+                       if p.vc.shadow else {}),
                     "workers": [
                         {"replica": r.index, "pid": r.pid, "state": r.state, "live": r.live,
                          "cpus": r.info.get("cpus", list(p.vc.cpus)), "device": r.info.get("device", p.vc.device),
@@ -211,9 +237,10 @@ class AdminHandlers:
                                   "draining": self.server.draining})
 
 
-def _with_weights(config: Config, model: str, weights: Mapping[str, float]) -> Config:
+def _with_traffic(config: Config, model: str, weights: Mapping[str, float], shadows: Mapping[str, float]) -> Config:
     models = tuple(
-        dataclasses.replace(m, versions=tuple(dataclasses.replace(v, weight=weights[v.version]) for v in m.versions))
+        dataclasses.replace(m, versions=tuple(
+            dataclasses.replace(v, weight=weights[v.version], shadow=shadows[v.version]) for v in m.versions))
         if m.name == model else m
         for m in config.models
     )

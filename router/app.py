@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -59,6 +60,20 @@ def _model_metadata(name: str, versions: list[str], meta: ModelMeta) -> dict[str
         "inputs": [t.to_json() for t in meta.inputs],
         "outputs": [t.to_json() for t in meta.outputs],
     }
+
+
+class _Call:
+    """What a mirrored copy needs to know about the live request it copies."""
+
+    __slots__ = ("version", "answered", "key", "kind", "hlen", "body")
+
+    def __init__(self, version: str | None) -> None:
+        self.version = version
+        self.answered = version or ""
+        self.key: str | None = None
+        self.kind = 0
+        self.hlen = 0
+        self.body = b""
 
 
 class Handlers:
@@ -119,9 +134,8 @@ class Handlers:
             return error_response(503, "model has no live worker" if not ok else "server is shutting down")
         return web.Response(status=200)
 
-    async def infer(self, request: web.Request) -> web.Response:
-        loop = self.loop
-        t0 = loop.time()
+    async def infer(self, request: web.Request) -> web.StreamResponse:
+        t0 = monotonic()
         mi = request.match_info
         model = mi["model"]
         version = mi.get("version")
@@ -129,12 +143,12 @@ class Handlers:
         if route is None:
             return error_response(404, f"unknown model {model!r}")
         counts = self.metrics.in_flight
-        key = (model, "http")
-        counts[key] += 1
-        answered = version or ""
+        ckey = (model, "http")
+        counts[ckey] += 1
+        call = _Call(version)
         try:
             try:
-                status, hlen, payload, answered = await self._infer(request, route, model, version, t0)
+                status, hlen, payload = await self._infer(request, route, call, t0)
             except InferenceError as exc:
                 status, hlen, payload = exc.status, 0, exc.message.encode()
             if status != 200:
@@ -145,8 +159,13 @@ class Handlers:
             else:
                 resp = web.Response(body=payload, content_type=self._reply_type(request))
         finally:
-            counts[key] -= 1
-        self.metrics.observe(model, answered, "http", status, loop.time() - t0)
+            counts[ckey] -= 1
+        self.metrics.observe(model, call.answered, "http", status, monotonic() - t0)
+        if status == 200 and route.mirror is not None:
+            # The copies leave only once the caller has its reply.
+            await resp.prepare(request)
+            await resp.write_eof()
+            route.mirror_copy(call.answered, call.key, "http", call.kind, call.hlen, call.body, hlen, payload)
         return resp
 
     @staticmethod
@@ -154,8 +173,7 @@ class Handlers:
         ct = request.headers.get("Content-Type", "")
         return "application/msgpack" if ct.startswith(_MSGPACK_TYPES) else "application/json"
 
-    async def _infer(self, request: web.Request, route: Any, model: str, version: str | None,
-                     t0: float) -> tuple[int, int, bytes, str]:
+    async def _infer(self, request: web.Request, route: Any, call: _Call, t0: float) -> tuple[int, int, bytes]:
         if self.server.draining:
             raise WorkerUnavailable("server is shutting down")
         n = request.content_length
@@ -186,9 +204,9 @@ class Handlers:
             if not fut.done():
                 fut.set_result((status, hl, payload))
 
-        answered = self.pools.submit(route, version, key, kind, hlen, body, done, t0)
-        status, hl, payload = await fut
-        return status, hl, payload, answered
+        call.answered = self.pools.submit(route, call.version, key, kind, hlen, body, done, t0)
+        call.key, call.kind, call.hlen, call.body = key, kind, hlen, body
+        return await fut
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)

@@ -1,6 +1,6 @@
-"""``router``: the command line (serve, demo-models, traffic, status).
+"""``router``: the command line (serve, demo-models, traffic, shadow, status).
 
-``traffic`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
+``traffic``, ``shadow`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
 as a bearer token when it is set.
 """
 
@@ -111,28 +111,58 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: object =
         raise RouterError(f"cannot reach the router at {_admin_url(args)}: {e.reason}") from None
 
 
-def cmd_traffic(args: argparse.Namespace) -> int:
-    weights: dict[str, float] = {}
-    for item in args.weights:
+def _pairs(items: list[str], what: str) -> dict[str, float] | None:
+    out: dict[str, float] = {}
+    for item in items:
         version, sep, w = item.partition("=")
         try:
             if not sep or not version:
                 raise ValueError
-            weights[version] = float(w)
+            out[version] = float(w)
         except ValueError:
-            log.error("expected VERSION=WEIGHT, got %r", item)
-            return 2
+            log.error("expected VERSION=%s, got %r", what, item)
+            return None
+    return out
+
+
+def _traffic_call(args: argparse.Namespace, field: str, values: dict[str, float]) -> dict | None:
     try:
-        if weights:
-            res = _admin_call(args, "PUT", f"/admin/models/{args.model}/traffic", {"weights": weights})
-        else:
-            res = _admin_call(args, "GET", f"/admin/models/{args.model}/traffic")
+        if values:
+            return _admin_call(args, "PUT", f"/admin/models/{args.model}/traffic", {field: values})
+        return _admin_call(args, "GET", f"/admin/models/{args.model}/traffic")
     except (RouterError, ConfigError) as exc:
         log.error("%s", exc)
-        return 1
+        return None
+
+
+def _print_traffic(res: dict) -> None:
     total = sum(res["weights"].values()) or 1
     for v, w in res["weights"].items():
-        print(f"{res['model']} v{v}: weight {w} ({100 * w / total:.1f}%)")
+        if res["shadow"].get(v):
+            print(f"{res['model']} v{v}: shadow, mirrors {100 * res['shadow'][v]:g}% of live traffic")
+        else:
+            print(f"{res['model']} v{v}: weight {w} ({100 * w / total:.1f}%)")
+
+
+def cmd_traffic(args: argparse.Namespace) -> int:
+    weights = _pairs(args.weights, "WEIGHT")
+    if weights is None:
+        return 2
+    res = _traffic_call(args, "weights", weights)
+    if res is None:
+        return 1
+    _print_traffic(res)
+    return 0
+
+
+def cmd_shadow(args: argparse.Namespace) -> int:
+    fractions = _pairs(args.fractions, "FRACTION")
+    if fractions is None:
+        return 2
+    res = _traffic_call(args, "shadow", fractions)
+    if res is None:
+        return 1
+    _print_traffic(res)
     return 0
 
 
@@ -149,6 +179,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for v in m["versions"]:
             share = f"{100 * v['weight'] / total:5.1f}%" if not v["shadow"] else f"shadow {v['shadow']:.0%}"
             print(f"  v{v['version']:<8} weight {v['weight']:<6} {share}  {v['device']}")
+            q = v.get("shadow_queue")
+            if q:
+                print(f"    shadow queue {q['outstanding']}/{q['limit']}"
+                      + (f"; last error: {q['last_error']}" if q["last_error"] else ""))
             for w in v["workers"]:
                 print(f"    #{w['replica']} pid {w['pid']} {w['state']:<10} cpus {w['cpus']} "
                       f"in flight {w['outstanding']} restarts {w['restarts']}")
@@ -172,11 +206,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--extra", action="store_true", help="also write the benchmark MLPs")
     d.set_defaults(func=cmd_demo_models)
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
+                              ("shadow", cmd_shadow, "show or set the fraction of live traffic mirrored to "
+                               "shadow versions"),
                               ("status", cmd_status, "show models, versions, weights and workers")):
         c = sub.add_parser(name, help=help_)
         if name == "traffic":
             c.add_argument("model")
             c.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT", help="e.g. 1=80 2=20; none: show")
+        elif name == "shadow":
+            c.add_argument("model")
+            c.add_argument("fractions", nargs="*", metavar="VERSION=FRACTION",
+                           help="e.g. 3=0.5 (0 stops mirroring; the version must have weight 0); none: show")
         c.add_argument("--config", default="config.toml", help="config whose server.http to call")
         c.add_argument("--url", help="router base URL (default: from the config)")
         c.set_defaults(func=func)

@@ -47,6 +47,7 @@ class VersionConfig:
     version: str
     weight: float = 1.0
     shadow: float = 0.0
+    shadow_queue: int = 64
     replicas: int = 1
     device: str = "cpu"
     cpus: tuple[int, ...] = ()
@@ -170,7 +171,7 @@ _SERVER_KEYS = {
     "max_inflight_per_worker", "worker_start_timeout_s",
 }
 _VERSION_KEYS = {
-    "version", "weight", "shadow", "replicas", "device", "cpus", "threads",
+    "version", "weight", "shadow", "shadow_queue", "replicas", "device", "cpus", "threads",
     "max_batch_size", "max_batch_delay_us", "optimize",
 }
 
@@ -207,6 +208,7 @@ def _version(raw: Any, where: str) -> VersionConfig:
         version=version,
         weight=weight,
         shadow=shadow,
+        shadow_queue=_int(t, "shadow_queue", where, 64, 1, 1_000_000),
         replicas=_int(t, "replicas", where, 1, 1, 64),
         device=_device(t.get("device", "cpu"), f"{where}.device"),
         cpus=tuple(cpus),

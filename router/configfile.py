@@ -24,8 +24,12 @@ def plain_number(v: float) -> int | float:
     return int(v) if float(v).is_integer() else float(v)
 
 
-def write_weights(path: Path, model: str, weights: Mapping[str, float]) -> Config:
-    """Set ``weight`` of the named versions of ``model`` in the file at ``path``.
+def write_traffic(path: Path, model: str, weights: Mapping[str, float],
+                  shadows: Mapping[str, float] | None = None) -> Config:
+    """Set ``weight`` (and ``shadow``) of the named versions of ``model`` in the file at ``path``.
+
+    ``weight`` is always written for a named version: its default depends on
+    ``shadow``, so leaving it implicit could change its meaning.
 
     Returns:
         The configuration parsed from the new text.
@@ -42,11 +46,18 @@ def write_weights(path: Path, model: str, weights: Mapping[str, float]) -> Confi
     table = next((m for m in doc.get("models", []) if m.get("name") == model), None)
     if table is None:
         raise ConfigError(f"{path}: no [[models]] entry named {model!r}")
-    for version, weight in weights.items():
+    shadows = shadows or {}
+    for version in {**weights, **shadows}:
         vt = next((v for v in table.get("versions", []) if str(v.get("version")) == version), None)
         if vt is None:
             raise ConfigError(f"{path}: model {model!r} has no version {version!r}")
-        vt["weight"] = plain_number(weight)
+        if version in weights:
+            vt["weight"] = plain_number(weights[version])
+        if version in shadows:
+            if shadows[version] > 0 or "shadow" in vt:
+                vt["shadow"] = plain_number(shadows[version])
+            if "weight" not in vt:
+                vt["weight"] = 0
     new = tomlkit.dumps(doc)
     config = parse_config(tomlkit.parse(new).unwrap(), path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

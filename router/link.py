@@ -16,6 +16,13 @@ Worker -> router, a msgpack array ``[rid, status, header_len, payload]``:
     outputs only, else 0); otherwise ``payload`` is the UTF-8 error message.
     ``rid == 0`` carries ``STATUS_HELLO`` once the model is loaded, with a
     msgpack map payload describing the worker (pid, device, cpus, threads).
+
+Shadow copies (``kind`` = format | ``SHADOW``) carry the live reply too: the
+payload is an 8-byte prefix ``>II`` (request length, live reply's header
+length), the caller's body, then the live reply's bytes, all untouched.
+``header_len`` is the request's, as for any request. The shadow worker answers
+200 with a small msgpack of comparison statistics (``runtime/compare.py``),
+never tensors, or an error status and message.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ FMT_BINARY = 1  # OIP JSON header + binary tensor data
 FMT_MSGPACK = 2  # msgpack inference body (HTTP application/msgpack and TCP frames)
 #: Run the model's example input end to end (decode, batch, forward, encode).
 KIND_WARMUP = 9
+#: Flag on a body format: a mirrored request that carries the live reply.
+SHADOW = 0x10
 
 STATUS_HELLO = 1
 
@@ -50,6 +59,34 @@ def pack(rid: int, code: int, header_len: int, payload: bytes) -> bytes:
 def pack_head(rid: int, code: int, header_len: int, n: int) -> bytes:
     """The length prefix and head of a frame whose ``n``-byte payload is written separately."""
     return _FRAME.pack(HEAD_SIZE + n, 0x94, 0xCE, rid, 0xCD, code, 0xCE, header_len, 0xC6, n)
+
+
+_SHADOW_PREFIX = struct.Struct(">II")
+SHADOW_PREFIX_SIZE = _SHADOW_PREFIX.size
+
+
+def pack_shadow_head(rid: int, fmt: int, header_len: int, request_len: int, reply_header_len: int,
+                     reply_len: int) -> bytes:
+    """Frame head plus shadow prefix; the request body and the live reply follow, as they are."""
+    n = SHADOW_PREFIX_SIZE + request_len + reply_len
+    return pack_head(rid, fmt | SHADOW, header_len, n) + _SHADOW_PREFIX.pack(request_len, reply_header_len)
+
+
+def split_shadow(payload: bytes | memoryview) -> tuple[memoryview, memoryview, int]:
+    """A shadow payload's ``(request, live_reply, live_reply_header_len)``, as views.
+
+    Raises:
+        FrameError: the prefix does not fit the payload.
+    """
+    view = memoryview(payload)
+    try:
+        n, reply_hlen = _SHADOW_PREFIX.unpack_from(view)
+    except struct.error:
+        raise FrameError("shadow payload shorter than its prefix") from None
+    end = SHADOW_PREFIX_SIZE + n
+    if end > len(view) or reply_hlen > len(view) - end:
+        raise FrameError("shadow payload lengths do not add up")
+    return view[SHADOW_PREFIX_SIZE:end], view[end:], reply_hlen
 
 
 def unpack(body: bytes) -> tuple[int, int, int, bytes]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -20,6 +21,9 @@ LATENCY_BUCKETS = (
     1e-3, 1.5e-3, 2e-3, 3e-3, 5e-3, 7.5e-3, 10e-3, 15e-3, 25e-3, 50e-3, 75e-3,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
+#: Shadow divergence (max abs / max rel difference per request): 0 is its own
+#: bucket (an identical model), then decades up to gross disagreement.
+DIVERGENCE_BUCKETS = (0.0, 1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 10.0)
 
 
 class Metrics:
@@ -61,7 +65,31 @@ class Metrics:
             ["model", "version", "replica"],
             registry=r,
         )
+        self.shadow_requests = Counter(
+            "router_shadow_requests",
+            "Shadow copies by result: ok (compared), error, dropped (queue full or no live worker), timeout.",
+            ["model", "version", "result"],
+            registry=r,
+        )
+        self.shadow_agreement = Counter(
+            "router_shadow_agreement",
+            "Rows whose arg-max (predicted class) the shadow version agrees or disagrees on with the live one.",
+            ["model", "version", "output", "result"],
+            registry=r,
+        )
+        self.shadow_divergence = Histogram(
+            "router_shadow_divergence",
+            "Per shadow copy and output, the largest difference from the live output: measure=abs is |s - l|, "
+            "measure=rel is |s - l| / max(|s|, |l|).",
+            ["model", "version", "output", "measure"],
+            buckets=DIVERGENCE_BUCKETS,
+            registry=r,
+        )
+        #: (model, version) -> object with ``outstanding``: shadow copies sent and not yet answered.
+        self.shadow_queues: dict[tuple[str, str], Any] = {}
+        r.register(_ShadowQueues(self.shadow_queues))
         self._children: dict[tuple[str, str, str, str, int], tuple[Histogram, Counter]] = {}
+        self._divergence: dict[tuple[str, str, str], tuple[Histogram, Histogram, Counter, Counter]] = {}
 
     def observe(self, model: str, version: str, protocol: str, status: int, seconds: float,
                 route: str = "live") -> None:
@@ -73,6 +101,36 @@ class Metrics:
             pair = self._children[key] = (self.latency.labels(*labels), self.requests.labels(*labels))
         pair[0].observe(seconds)
         pair[1].inc()
+
+
+    def observe_divergence(self, model: str, version: str, output: str, max_abs: float, max_rel: float,
+                           agree: int, rows: int) -> None:
+        """Record one shadow comparison of one output (``agree``/``rows`` are -1 when not a classifier)."""
+        key = (model, version, output)
+        children = self._divergence.get(key)
+        if children is None:
+            d, a = self.shadow_divergence, self.shadow_agreement
+            children = self._divergence[key] = (
+                d.labels(model, version, output, "abs"), d.labels(model, version, output, "rel"),
+                a.labels(model, version, output, "agree"), a.labels(model, version, output, "disagree"))
+        children[0].observe(max_abs)
+        children[1].observe(max_rel)
+        if rows > 0:
+            children[2].inc(agree)
+            children[3].inc(rows - agree)
+
+
+class _ShadowQueues(Collector):
+    def __init__(self, queues: dict[tuple[str, str], Any]) -> None:
+        self._queues = queues
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        g = GaugeMetricFamily("router_shadow_queue", "Shadow copies sent and not yet answered (bounded by "
+                              "shadow_queue; beyond it copies are dropped).", labels=["model", "version"])
+        for (model, version), target in sorted(self._queues.items()):
+            if target.pool.vc.shadow > 0 or target.outstanding:
+                g.add_metric([model, version], target.outstanding)
+        yield g
 
 
 class _InFlight(Collector):

@@ -13,12 +13,14 @@ import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
+from time import monotonic
 
 from .config import Config, ModelConfig, VersionConfig
 from .errors import ConfigError, NotFound, WorkerUnavailable
 from .meta import MODEL_FILE, ModelMeta, read_meta
 from .metrics import Metrics
-from .splitter import WeightTable
+from .shadow import ShadowTarget
+from .splitter import MirrorTable, WeightTable
 from .supervisor import Call, Replica
 
 log = logging.getLogger("router.pool")
@@ -53,14 +55,53 @@ class VersionPool:
 
 
 class ModelRoute:
-    """One model's versions and its live weight table."""
+    """One model's versions, its live weight table and its shadow mirror table.
 
-    def __init__(self, mc: ModelConfig, pools: dict[str, VersionPool]) -> None:
+    ``mirror`` is None when the model has no shadow (the fronts test just that
+    on the hot path); otherwise it picks, per request, the shadow versions that
+    get a copy, by routing key when there is one.
+    """
+
+    def __init__(self, mc: ModelConfig, pools: dict[str, VersionPool], shadows: dict[str, ShadowTarget]) -> None:
         self.config = mc
         self.name = mc.name
         self.routing_key = mc.routing_key
         self.versions = pools
+        self.shadows = shadows
         self.table = WeightTable((), ())
+        self.mirror: MirrorTable | None = None
+        self._mirroring = True
+        self._build_mirror()
+
+    def _build_mirror(self) -> None:
+        pairs = [(p.version, p.vc.shadow) for p in self.versions.values() if p.vc.shadow > 0]
+        self.mirror = MirrorTable(tuple(v for v, _ in pairs), tuple(f for _, f in pairs)) \
+            if pairs and self._mirroring else None
+
+    def stop_mirroring(self) -> None:
+        """No more copies (shutdown): live requests in flight finish without them."""
+        self._mirroring = False
+        self.mirror = None
+
+    def mirror_copy(self, answered: str | None, key: str | bytes | None, protocol: str, fmt: int,
+                    header_len: int, body: bytes, reply_header_len: int, reply: bytes) -> None:
+        """Offer copies of one answered live request to the shadows its key picks.
+
+        Call only after the live reply is written. A request answered by a
+        shadow version itself (called pinned) is not mirrored.
+        """
+        mirror = self.mirror
+        if mirror is None or answered is None:
+            return
+        pool = self.versions.get(answered)
+        if pool is None or pool.vc.shadow > 0:
+            return
+        picked = mirror.pick(key)
+        if picked:
+            now = monotonic()
+            shadows = self.shadows
+            for v in picked:
+                shadows[v].offer(protocol, fmt, header_len, body, reply_header_len, reply, now)
 
     def rebuild(self) -> None:
         """Swap in a new table of live versions with weight > 0 (one assignment)."""
@@ -77,6 +118,7 @@ class ModelRoute:
             self.versions[vc.version].vc = vc
         self.config = mc
         self.rebuild()
+        self._build_mirror()
 
     @property
     def ready(self) -> bool:
@@ -122,7 +164,9 @@ class Pools:
                 ]
                 self.replicas.extend(reps)
                 pools[vc.version] = VersionPool(mc.name, vc, meta, reps)
-            self.models[mc.name] = ModelRoute(mc, pools)
+            # Every version gets a target: any weight-0 version may become a shadow at runtime.
+            shadows = {v: ShadowTarget(mc.name, p, self.timeout, self.max_inflight, metrics) for v, p in pools.items()}
+            self.models[mc.name] = ModelRoute(mc, pools, shadows)
         self._pool_of = {id(r): p for m in self.models.values() for p in m.versions.values() for r in p.replicas}
         self._route_of = {id(r): self.models[r.model] for r in self.replicas}
 
@@ -168,8 +212,18 @@ class Pools:
         self.config = config
 
     @property
+    def shadow_outstanding(self) -> int:
+        """Shadow copies sent to workers and not yet answered."""
+        return sum(t.outstanding for m in self.models.values() for t in m.shadows.values())
+
+    @property
     def in_flight(self) -> int:
-        return sum(r.outstanding for r in self.replicas)
+        """Live requests sent to workers and not yet answered (shadow copies not counted)."""
+        return sum(r.outstanding for r in self.replicas) - self.shadow_outstanding
+
+    def stop_mirroring(self) -> None:
+        for m in self.models.values():
+            m.stop_mirroring()
 
     def expire(self, now: float) -> None:
         for r in self.replicas:

@@ -93,10 +93,9 @@ class Server:
         return site.name
 
     async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(_SWEEP_S)
-            self.pools.expire(loop.time())
+            self.pools.expire(time.monotonic())
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then shut down cleanly."""
@@ -115,6 +114,7 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, stop workers."""
         self.draining = True
+        self.pools.stop_mirroring()
         if self._wire is not None:
             self._wire.close()
         deadline = time.monotonic() + self.config.server.drain_timeout_s
@@ -127,6 +127,10 @@ class Server:
         left = self.pools.in_flight
         if left:
             log.warning("drain timeout: %d request(s) still in flight are failed with 503", left)
+        else:
+            copies = self.pools.shadow_outstanding
+            log.info("drained%s", f"; {copies} shadow cop{'y' if copies == 1 else 'ies'} not waited for"
+                     if copies else "")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

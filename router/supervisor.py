@@ -105,6 +105,22 @@ class WorkerLink(asyncio.Protocol):
         else:  # skip the copy of a large payload
             t.writelines((link.pack_head(rid, kind, header_len, len(payload)), payload))
 
+    def send_shadow(self, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
+                    call: Call) -> None:
+        """Send a shadow copy: the caller's body and the live reply, as they are (see :mod:`router.link`)."""
+        rid = self._next
+        self._next = rid + 1 if rid < 0xFFFFFFFF else 1
+        t = self.transport
+        if t is None:
+            call.done(503, 0, f"{self.name}: worker not connected".encode())
+            return
+        self.pending[rid] = call
+        head = link.pack_shadow_head(rid, fmt, header_len, len(body), reply_header_len, len(reply))
+        if len(body) + len(reply) < 65536:
+            t.write(b"".join((head, body, reply)))
+        else:
+            t.writelines((head, body, reply))
+
     def expire(self, now: float) -> int:
         """Answer 504 to every call past its deadline; returns how many.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import monotonic
 from typing import TYPE_CHECKING
 
 import msgpack
@@ -90,10 +91,10 @@ class WireProtocol(asyncio.Protocol):
 
     def _dispatch(self, rid: int, model: str, version: str | None, key: str | bytes | None,
                   payload: bytes) -> None:
-        loop = self.loop
-        t0 = loop.time()
+        t0 = monotonic()
         counts = self.metrics.in_flight
         ckey = (model, "msgpack")
+        route = None
 
         def done(status: int, _hlen: int, result: bytes) -> None:
             counts[ckey] -= 1
@@ -102,17 +103,19 @@ class WireProtocol(asyncio.Protocol):
             if t is not None:
                 t.write(reply_frame(rid, status, answered, result if status == 200
                                     else result.decode(errors="replace")))
-            self.metrics.observe(model, answered or "", "msgpack", status, loop.time() - t0)
+            self.metrics.observe(model, answered or "", "msgpack", status, monotonic() - t0)
+            if status == 200 and route.mirror is not None:  # after the reply is written
+                route.mirror_copy(answered, key, "msgpack", FMT_MSGPACK, 0, payload, 0, result)
 
         try:
             if self.server.draining:
                 raise WorkerUnavailable("server is shutting down")
             answered: str | None = version
+            route = self.pools.route(model)
             counts[ckey] += 1
             self.in_flight += 1
             try:
-                answered = self.pools.submit(self.pools.route(model), version, key, FMT_MSGPACK, 0, payload,
-                                             done, t0)
+                answered = self.pools.submit(route, version, key, FMT_MSGPACK, 0, payload, done, t0)
             except BaseException:
                 counts[ckey] -= 1
                 self.in_flight -= 1
@@ -121,4 +124,4 @@ class WireProtocol(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(reply_frame(rid, exc.status, None, exc.message))
             if model in self.pools.models:  # unknown names must not mint label sets
-                self.metrics.observe(model, version or "", "msgpack", exc.status, loop.time() - t0)
+                self.metrics.observe(model, version or "", "msgpack", exc.status, monotonic() - t0)

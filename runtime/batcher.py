@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from router.errors import RouterError
 from router.meta import ModelMeta
 
 from .codecs import Request, encode_response
+from .compare import compare, pack_stats
 
 log = logging.getLogger("runtime.batcher")
 
@@ -73,27 +75,45 @@ class Batcher:
         self.rows -= rows
         self.batches += 1
         self.batched_requests += len(group)
+        if len(group) == 1:
+            return [self._alone(rid0, req0)]
         try:
-            if len(group) == 1:
-                return [self._reply(rid0, req0, self.forward(req0.arrays))]
             n_in = len(req0.arrays)
             joined = [np.concatenate([r.arrays[i] for _, r in group]) for i in range(n_in)]
             outs = self.forward(joined)
             for o in outs:
                 if o.ndim == 0 or o.shape[0] != rows:
                     raise RuntimeError(f"model output of shape {list(o.shape)} does not keep the batch of {rows}")
-            replies = []
-            start = 0
-            for rid, req in group:
-                stop = start + req.batch
-                replies.append(self._reply(rid, req, [o[start:stop] for o in outs]))
-                start = stop
-            return replies
-        except Exception as exc:  # the model raised: every request of the batch learns why
-            log.warning("forward failed for a batch of %d: %s", len(group), exc)
-            msg = f"model raised {type(exc).__name__}: {exc}".encode()
-            return [(rid, 500, 0, msg) for rid, _ in group]
+        except Exception as exc:
+            # One poisoned request must not fail its neighbours: run each alone to find out whose it is.
+            log.warning("forward failed for a batch of %d (%s); running its requests one by one", len(group), exc)
+            return [self._alone(rid, req) for rid, req in group]
+        replies = []
+        start = 0
+        for rid, req in group:
+            stop = start + req.batch
+            replies.append(self._reply(rid, req, [o[start:stop] for o in outs]))
+            start = stop
+        return replies
+
+    def _alone(self, rid: int, req: Request) -> Reply:
+        try:
+            outs = self.forward(req.arrays)
+        except Exception as exc:  # the model raised: this request learns why
+            log.warning("forward failed: %s", exc)
+            return rid, 500, 0, f"model raised {type(exc).__name__}: {exc}".encode()
+        return self._reply(rid, req, outs)
 
     def _reply(self, rid: int, req: Request, outputs: Sequence[np.ndarray]) -> Reply:
+        if req.live is not None:
+            return self._compare(rid, req.live, outputs)
         hlen, body = encode_response(req, outputs, self.meta)
         return rid, 200, hlen, body
+
+    def _compare(self, rid: int, live: dict[str, np.ndarray], outputs: Sequence[np.ndarray]) -> Reply:
+        """A shadow copy's answer: how our outputs differ from the live ones (never the tensors)."""
+        ours = {spec.name: out for spec, out in zip(self.meta.outputs, outputs, strict=False)}
+        try:
+            return rid, 200, 0, pack_stats(compare(live, ours))
+        except RouterError as exc:
+            return rid, exc.status, 0, str(exc).encode()

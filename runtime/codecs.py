@@ -73,9 +73,11 @@ class Request:
         binary: per entry of ``outputs``, whether it goes out as binary data.
         fmt: the body format of the request, and so of the reply.
         batch: dim 0 of the inputs (1 when the model is not batchable).
+        live: for a shadow copy, the live version's outputs by name: the reply
+            is then a comparison with them instead of this model's outputs.
     """
 
-    __slots__ = ("id", "arrays", "outputs", "binary", "fmt", "batch")
+    __slots__ = ("id", "arrays", "outputs", "binary", "fmt", "batch", "live")
 
     def __init__(
         self,
@@ -92,6 +94,7 @@ class Request:
         self.binary = binary
         self.fmt = fmt
         self.batch = batch
+        self.live: dict[str, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         shapes = [list(a.shape) for a in self.arrays]

@@ -33,6 +33,7 @@ from torch import nn
 
 from router.errors import ConfigError
 from router.meta import MODEL_FILE, read_meta
+from runtime import ops  # noqa: F401  (torch.ops.router.sleep_us, used by the slow demo model)
 from runtime.store import sha256_file, write_version
 
 #: Names of the fraud model's input columns, in order.
@@ -260,9 +261,40 @@ def _random_mlp(sizes: list[int], seed: int) -> torch.jit.ScriptModule:
         return torch.jit.script(model)
 
 
-def mlp_small() -> torch.jit.ScriptModule:
+def mlp_small(seed: int = 11) -> torch.jit.ScriptModule:
     """``mlp-small``: a fixed-seed, untrained 4 -> 64 -> 3 ReLU MLP (``x`` [-1, 4] -> ``y`` [-1, 3])."""
-    return _random_mlp([4, 64, 3], seed=11)
+    return _random_mlp([4, 64, 3], seed=seed)
+
+
+class SlowMLP(nn.Module):
+    """``body`` that answers only after sleeping ``delay_us`` (off the CPU, like a model on another device)."""
+
+    def __init__(self, body: nn.Module, delay_us: int) -> None:
+        super().__init__()
+        self.body = body
+        self.delay_us = delay_us
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.router.sleep_us(self.body(x), self.delay_us)
+
+
+class FaultyMLP(nn.Module):
+    """``body`` that raises on any input beyond +-1000 (its example input passes, so it warms up)."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.abs() > 1000.0).any()):
+            raise RuntimeError("input beyond +-1000")
+        return self.body(x)
+
+
+def _wrapped_mlp_small(wrap: Callable[[nn.Module], nn.Module]) -> torch.jit.ScriptModule:
+    with deterministic(11):
+        body = MLP([4, 64, 3]).eval().requires_grad_(False)
+    return torch.jit.script(wrap(body).eval())
 
 
 def mlp_wide() -> torch.jit.ScriptModule:
@@ -326,28 +358,40 @@ def _write_fraud(version: str) -> Callable[[Path, Callable[[], tuple[np.ndarray,
 
 
 def _write_mlp(
-    model: str, build: Callable[[], torch.jit.ScriptModule], n_in: int, n_out: int
+    model: str, build: Callable[[], torch.jit.ScriptModule], n_in: int, n_out: int, version: str = "1",
+    description: str = "",
 ) -> Callable[[Path, Callable[[], tuple[np.ndarray, np.ndarray]]], Path]:
     def write(store: Path, data: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Path:
         del data
         return write_version(
             store,
             model,
-            "1",
+            version,
             build(),
             _spec("x", n_in),
             _spec("y", n_out),
             {"x": _mlp_example(n_in)},
-            f"Untrained fixed-seed ReLU MLP {n_in}->...->{n_out} for tests and benchmarks.",
+            description or f"Untrained fixed-seed ReLU MLP {n_in}->...->{n_out} for tests and benchmarks.",
         )
 
     return write
 
 
 _FRAUD = [_Demo("fraud", v, _write_fraud(v)) for v in ("1", "2")]
+#: Benchmark models, and mlp-small variants to try shadow mode with: ``copy`` is
+#: version 1 bit for bit, ``2`` another seed, ``slow`` version 1 behind a 20 ms
+#: sleep, ``faulty`` version 1 that raises on inputs beyond +-1000.
 _EXTRA = [
     _Demo("mlp-small", "1", _write_mlp("mlp-small", mlp_small, 4, 3)),
     _Demo("mlp-wide", "1", _write_mlp("mlp-wide", mlp_wide, 256, 10)),
+    _Demo("mlp-small", "2", _write_mlp("mlp-small", lambda: mlp_small(seed=13), 4, 3, "2",
+                                       "mlp-small with other weights (seed 13): a shadow that disagrees.")),
+    _Demo("mlp-small", "copy", _write_mlp("mlp-small", mlp_small, 4, 3, "copy",
+                                          "mlp-small version 1, bit for bit: a shadow that agrees.")),
+    _Demo("mlp-small", "slow", _write_mlp("mlp-small", lambda: _wrapped_mlp_small(lambda b: SlowMLP(b, 20_000)),
+                                          4, 3, "slow", "mlp-small version 1 answering after a 20 ms sleep.")),
+    _Demo("mlp-small", "faulty", _write_mlp("mlp-small", lambda: _wrapped_mlp_small(FaultyMLP), 4, 3, "faulty",
+                                            "mlp-small version 1 that raises on inputs beyond +-1000.")),
 ]
 
 
@@ -373,8 +417,8 @@ def build_demo_store(
 ) -> list[Path]:
     """Write the demo models into ``store``; return the version directories written.
 
-    Writes ``fraud/1`` and ``fraud/2`` (and with ``extra``, ``mlp-small/1`` and
-    ``mlp-wide/1``) unless they already exist and are valid, in which case they
+    Writes ``fraud/1`` and ``fraud/2`` (and with ``extra``, ``mlp-wide/1`` and
+    the ``mlp-small`` versions of ``_EXTRA``) unless they already exist and are valid, in which case they
     are skipped: the call is idempotent. ``log`` receives one line per version.
 
     Raises:

@@ -12,6 +12,8 @@ import torch
 
 from router.meta import ModelMeta
 
+from . import ops  # noqa: F401  (registers torch.ops.router.* before any model is loaded)
+
 log = logging.getLogger("runtime.model")
 
 

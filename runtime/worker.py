@@ -26,13 +26,14 @@ import msgpack
 import torch
 
 from router import link
-from router.errors import FrameError, RouterError
+from router.errors import FrameError, InternalError, RouterError
 from router.framing import FrameScanner
-from router.link import KIND_WARMUP, STATUS_HELLO
+from router.link import KIND_WARMUP, SHADOW, STATUS_HELLO
 from router.meta import ModelMeta
 
 from .batcher import Batcher, Reply
-from .codecs import decode_request, example_request
+from .codecs import Request, decode_request, example_request
+from .compare import decode_reply
 from .model import Model
 
 log = logging.getLogger("runtime.worker")
@@ -114,6 +115,8 @@ class Worker:
         try:
             if kind == KIND_WARMUP:
                 req = example_request(self.meta)
+            elif kind & SHADOW:
+                req = self._decode_shadow(kind & ~SHADOW, payload, hlen)
             else:
                 req = decode_request(kind, payload, hlen, self.meta)
         except RouterError as exc:
@@ -124,6 +127,15 @@ class Worker:
             self._queue((rid, 500, 0, f"internal error while decoding: {exc!r}".encode()))
             return
         self.batcher.add(rid, req)
+
+    def _decode_shadow(self, fmt: int, payload: bytes, hlen: int) -> Request:
+        try:
+            body, reply, reply_hlen = link.split_shadow(payload)
+        except FrameError as exc:
+            raise InternalError(f"shadow copy: {exc}") from None
+        req = decode_request(fmt, body, hlen, self.meta)
+        req.live = decode_reply(fmt, reply, reply_hlen)
+        return req
 
     def _read(self) -> bool:
         """Read what is available (the socket is readable or we may block); False on EOF."""

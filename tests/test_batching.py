@@ -97,22 +97,26 @@ def test_mixed_formats_share_a_batch_and_each_gets_its_own_encoding(wide):
                                decode_reply(r1[3]), atol=1e-6)
 
 
-def test_a_model_error_fails_only_its_batch(wide):
+def test_a_model_error_fails_only_the_request_that_causes_it(wide):
     model, meta = wide
     calls = []
 
-    def flaky(inputs):
+    def poisoned(inputs):
         calls.append(inputs[0].shape[0])
-        if len(calls) == 1:
+        if (inputs[0] < 0).any():
             raise RuntimeError("boom")
         return model.forward(inputs)
 
-    b = Batcher(flaky, meta, max_batch_size=2)
-    for i in range(3):
-        b.add(i, decode_request(FMT_MSGPACK, msgpack_body(np.ones((1, 256), np.float32)), 0, meta))
+    b = Batcher(poisoned, meta, max_batch_size=3)
+    for i, v in enumerate((1.0, -1.0, 2.0, 3.0)):
+        b.add(i, decode_request(FMT_MSGPACK, msgpack_body(np.full((1, 256), v, np.float32)), 0, meta))
     first, second = b.run(), b.run()
-    assert [(r[0], r[1]) for r in first] == [(0, 500), (1, 500)] and b"boom" in first[0][3]
-    assert [(r[0], r[1]) for r in second] == [(2, 200)]
+    # The batch of three fails, then each runs alone: only the poisoned one is answered 500.
+    assert [(r[0], r[1]) for r in first] == [(0, 200), (1, 500), (2, 200)] and b"boom" in first[1][3]
+    assert calls == [3, 1, 1, 1, 1]
+    assert [(r[0], r[1]) for r in second] == [(3, 200)]
+    good = decode_reply(first[2][3])
+    np.testing.assert_allclose(good, model.forward([np.full((1, 256), 2.0, np.float32)])[0], rtol=1e-5, atol=1e-6)
 
 
 def test_concurrent_requests_through_the_daemon_match_single_runs(shared_daemon, wide):

@@ -29,7 +29,13 @@ SIGNATURES = {
     ("fraud", "2"): ("features", 8, "probabilities", 2),
     ("mlp-small", "1"): ("x", 4, "y", 3),
     ("mlp-wide", "1"): ("x", 256, "y", 10),
+    ("mlp-small", "2"): ("x", 4, "y", 3),
+    ("mlp-small", "copy"): ("x", 4, "y", 3),
+    ("mlp-small", "slow"): ("x", 4, "y", 3),
+    ("mlp-small", "faulty"): ("x", 4, "y", 3),
 }
+#: The 20 ms sleeper is left out of the 128-forward batch check; its own test covers it.
+BATCH_CHECKED = [mv for mv in SIGNATURES if mv != ("mlp-small", "slow")]
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +132,7 @@ def test_example_row_is_a_legit_transaction(built: tuple[Path, list[Path]]) -> N
 # --------------------------------------------------------------------------- model behaviour
 
 
-@pytest.mark.parametrize(("model", "version"), list(SIGNATURES))
+@pytest.mark.parametrize(("model", "version"), BATCH_CHECKED)
 def test_batch_equals_row_by_row(built: tuple[Path, list[Path]], model: str, version: str) -> None:
     store, _ = built
     _, width, _, out_width = SIGNATURES[model, version]
@@ -144,6 +150,31 @@ def test_batch_equals_row_by_row(built: tuple[Path, list[Path]], model: str, ver
     if model == "fraud":
         torch.testing.assert_close(rows.sum(1), torch.ones(64), atol=1e-6, rtol=0)
         assert ((rows >= 0) & (rows <= 1)).all()
+
+
+def test_shadow_variants_of_mlp_small(built: tuple[Path, list[Path]]) -> None:
+    """copy is version 1 bit for bit, 2 differs, slow sleeps 20 ms, faulty raises beyond +-1000."""
+    import time
+
+    store, written = built
+    assert (store / "mlp-small" / "copy" / MODEL_FILE).read_bytes() == (store / "mlp-small" / "1" / MODEL_FILE
+                                                                         ).read_bytes()
+    x = _inputs("mlp-small", 4, 16, seed=9)
+    with torch.no_grad():
+        base = _load(store, "mlp-small", "1")(x)
+        assert torch.equal(_load(store, "mlp-small", "copy")(x), base)
+        other = _load(store, "mlp-small", "2")(x)
+        assert (other - base).abs().max() > 0.05
+        assert (other.argmax(1) != base.argmax(1)).any() and (other.argmax(1) == base.argmax(1)).any()
+        slow = _load(store, "mlp-small", "slow")
+        slow(x)  # the first call also compiles
+        t0 = time.perf_counter()
+        assert torch.equal(slow(x), base)
+        assert time.perf_counter() - t0 >= 0.02
+        faulty = _load(store, "mlp-small", "faulty")
+        assert torch.equal(faulty(x), base)
+        with pytest.raises(torch.jit.Error, match="input beyond"):
+            faulty(torch.full((1, 4), 1000.5))
 
 
 def test_models_are_scripted_not_traced(built: tuple[Path, list[Path]]) -> None:
@@ -239,7 +270,7 @@ def test_second_build_writes_nothing(built: tuple[Path, list[Path]]) -> None:
     lines: list[str] = []
     assert demo.build_demo_store(store, extra=True, log=lines.append) == []
     assert _snapshot(store) == before
-    assert len(lines) == 4 and all(line.startswith("skipped") for line in lines)
+    assert len(lines) == len(SIGNATURES) and all(line.startswith("skipped") for line in lines)
 
 
 def test_partial_store_is_completed(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
@@ -248,7 +279,7 @@ def test_partial_store_is_completed(built: tuple[Path, list[Path]], tmp_path: Pa
     before = _snapshot(tmp_path / "fraud")
     assert demo.build_demo_store(tmp_path) == []
     written = demo.build_demo_store(tmp_path, extra=True)
-    assert written == [tmp_path / "mlp-small" / "1", tmp_path / "mlp-wide" / "1"]
+    assert written == [tmp_path / m / v for m, v in SIGNATURES if m != "fraud"]
     assert _snapshot(tmp_path / "fraud") == before
 
 
@@ -387,5 +418,9 @@ def test_python_m_runtime_demo(built: tuple[Path, list[Path]], tmp_path: Path) -
         ["skipped", "fraud/2:"],
         ["wrote", "mlp-small/1:"],
         ["skipped", "mlp-wide/1:"],
+        ["wrote", "mlp-small/2:"],
+        ["wrote", "mlp-small/copy:"],
+        ["wrote", "mlp-small/slow:"],
+        ["wrote", "mlp-small/faulty:"],
     ]
     read_meta(tmp_path / "model-store" / "mlp-small" / "1")

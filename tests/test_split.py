@@ -196,12 +196,13 @@ def test_weight_zero_is_never_chosen():
     from router.pool import ModelRoute
 
     pools = {
-        v: SimpleNamespace(version=v, live=True, vc=SimpleNamespace(weight=w))
-        for v, w in (("1", 1.0), ("dark", 0.0), ("2", 1.0))
+        v: SimpleNamespace(version=v, live=True, vc=SimpleNamespace(weight=w, shadow=s))
+        for v, w, s in (("1", 1.0, 0.0), ("dark", 0.0, 0.0), ("2", 1.0, 0.0), ("shadow", 0.0, 0.5))
     }
-    route = ModelRoute(SimpleNamespace(name="m", routing_key=None), pools)  # type: ignore[arg-type]
+    route = ModelRoute(SimpleNamespace(name="m", routing_key=None), pools, {})  # type: ignore[arg-type]
     route.rebuild()
     assert route.table.versions == ("1", "2")
+    assert route.mirror is not None and route.mirror.versions == ("shadow",)
     picks = {route.table.choose(f"user-{i}") for i in range(2000)} | {route.table.choose(None) for _ in range(2000)}
     assert picks == {"1", "2"}
 

@@ -74,7 +74,8 @@ def test_weights_change_live_without_worker_restarts_and_are_written_back(start_
     ({"weights": {"1": 1e999}}, "weights.1: must be a finite number"),
     ({"weights": {"1": 0, "2": 0}}, "at least one version needs weight > 0"),
     ({"weights": {}}, "non-empty"),
-    ({"wieghts": {"1": 1}}, "body must be a JSON object"),
+    ({"wieghts": {"1": 1}}, "unknown field 'wieghts'"),
+    ([1, 2], "body must be a JSON object"),
     (b"{nope", "malformed JSON"),
 ])
 def test_invalid_changes_are_400_and_change_nothing(start_daemon, body, message):

@@ -1,0 +1,257 @@
+"""Shadow-mode benchmark: what mirroring costs live traffic.
+
+``python -m bench.shadow [--duration S] [--runs N] [--quick] [--json OUT]``
+
+One daemon per layout serves ``mlp-small`` version 1 (live) plus two shadow
+candidates from the demo store: ``copy`` (version 1 bit for bit) and ``slow``
+(version 1 behind a 20 ms sleep). Shadow fractions are switched through the
+admin API between scenarios (no restart), so every setting runs against the
+same processes:
+
+* ``none``: no shadow; ``copy``: 100 % mirrored to ``copy``; ``slow``: 100 %
+  mirrored to ``slow`` (its queue, 64, overflows: most copies are dropped).
+
+Layouts (this machine has two cores; the load generators run on ``--client-cpu``):
+
+* ``shared``: router, live worker and shadow workers on ``--server-cpu``;
+* ``apart``: router and live worker on ``--server-cpu``, the shadow workers on
+  the client core (the nearest to "a core of its own" two cores allow: they
+  compete with the load generator, not with the live path).
+
+Per setting: HTTP OIP JSON with ``wrk`` at c=1 (p50/p99) and c=32
+(throughput), and msgpack TCP c=1 with ``bench/client.py``. Settings are
+interleaved round by round; medians are reported with the ratio to ``none``
+of the same layout, plus how many copies were compared and dropped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from .load import (
+    HOST,
+    LUA,
+    ROOT,
+    BenchError,
+    Proc,
+    free_port,
+    log,
+    machine,
+    parse_wrk,
+    wait_http_ready,
+)
+from .payloads import PAYLOADS
+
+SETTINGS = ("none", "copy", "slow")
+SHADOWS = ("copy", "slow")
+LOADS = (("http", 1), ("http", 32), ("msgpack", 1))
+TARGET_P99_PCT = 5.0  # live p99 with a shadow within 5 % of none, shadow on its own core
+
+
+def write_config(path: Path, store: Path, live_cpu: int, shadow_cpu: int) -> None:
+    def version(name: str, cpu: int, extra: str = "") -> str:
+        return (f'[[models.versions]]\nversion = "{name}"\n{extra}cpus = [{cpu}]\nthreads = 1\n'
+                f"max_batch_size = 32\n")
+
+    path.write_text(
+        "[server]\nrequest_timeout_ms = 1000\n\n"
+        f"[store]\npath = {json.dumps(str(store))}\n\n"
+        '[[models]]\nname = "mlp-small"\nrouting_key = "x-user-id"\n'
+        + version("1", live_cpu, "weight = 1\n")
+        + "".join(version(s, shadow_cpu, "weight = 0\n") for s in SHADOWS)
+    )
+
+
+class Layout:
+    """One daemon and the measurements taken against it."""
+
+    def __init__(self, name: str, args: argparse.Namespace, tmp: Path, store: Path) -> None:
+        self.name = name
+        self.a = args
+        self.http = free_port()
+        self.wire = free_port()
+        shadow_cpu = args.server_cpu if name == "shared" else args.client_cpu
+        cfg = tmp / f"config-{name}.toml"
+        write_config(cfg, store, args.server_cpu, shadow_cpu)
+        self.proc = Proc(f"router-{name}", [sys.executable, "-m", "router", "serve", "--config", str(cfg),
+                                            "--http", f"{HOST}:{self.http}", "--msgpack", f"{HOST}:{self.wire}"],
+                         args.server_cpu, tmp)
+        self.results: dict[str, list[dict[str, Any]]] = {}
+
+    def start(self) -> None:
+        ready = wait_http_ready(self.proc, self.http, 120)
+        log(f"{self.name}: router ready in {ready:.2f} s")
+
+    def set_shadow(self, setting: str) -> None:
+        body = json.dumps({"shadow": {s: (1.0 if s == setting else 0.0) for s in SHADOWS}}).encode()
+        req = urllib.request.Request(f"http://{HOST}:{self.http}/admin/models/mlp-small/traffic", data=body,
+                                     method="PUT", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            if r.status != 200:
+                raise BenchError(f"setting shadow {setting}: {r.status}")
+
+    def shadow_counts(self) -> dict[str, float]:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://{HOST}:{self.http}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "router_shadow_requests_total":
+                    k = f"{s.labels['version']}.{s.labels['result']}"
+                    out[k] = out.get(k, 0.0) + s.value
+        return out
+
+    def run(self, setting: str, proto: str, conc: int) -> dict[str, Any]:
+        a = self.a
+        p = PAYLOADS["mlp-small"]
+        cpu = ["taskset", "-c", str(a.client_cpu)]
+        env = dict(os.environ)
+        if proto == "http":
+            env["BENCH_BODY"] = p.oip_json().decode()
+            argv = cpu + ["wrk", "-t1", f"-c{conc}", f"-d{a.duration}s", "--latency", "-s", str(LUA),
+                          f"http://{HOST}:{self.http}{p.http_path}"]
+        else:
+            argv = cpu + [sys.executable, "-m", "bench.client", "--port", str(self.wire), "--mode", "msgpack",
+                          "--model", "mlp-small", "--depth", str(conc), "--duration", str(a.duration),
+                          "--warmup", str(a.client_warmup)]
+        before = self.shadow_counts()
+        r = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=a.duration + 90)
+        self.proc.check_alive()
+        if proto == "http":
+            if r.returncode != 0:
+                raise BenchError(f"wrk exited with {r.returncode}:\n{r.stdout}\n{r.stderr}")
+            res = parse_wrk(r.stdout)
+            bad = res["non2xx"] + res["socket_errors"]
+        else:
+            try:
+                res = json.loads(r.stdout.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise BenchError(f"client printed no result:\n{r.stdout}\n{r.stderr}") from None
+            bad = res["errors"]
+        if bad or not res["requests"]:
+            raise BenchError(f"{self.name}/{setting}/{proto} c={conc}: {bad} failed request(s), "
+                             f"{res['requests']} done")
+        time.sleep(0.05)  # let the last copies land before counting them
+        after = self.shadow_counts()
+        res["shadow"] = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after
+                         if after.get(k, 0.0) != before.get(k, 0.0)}
+        self.results.setdefault(f"{setting}/{proto}/c{conc}", []).append(res)
+        return res
+
+
+def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: statistics.median(r[k] for r in runs) for k in ("p50_us", "p99_us", "rps")}
+    keys = {k for r in runs for k in r["shadow"]}
+    out["shadow"] = {k: statistics.median(r["shadow"].get(k, 0.0) for r in runs) for k in sorted(keys)}
+    return out
+
+
+def report(layouts: list[Layout]) -> tuple[str, list[dict[str, Any]]]:
+    rows = [["layout", "shadow", "load", "p50 µs", "p99 µs", "req/s", "p99 vs none", "req/s vs none",
+             "copies compared / dropped"]]
+    targets = []
+    for lay in layouts:
+        med = {k: median(v) for k, v in lay.results.items()}
+        for proto, conc in LOADS:
+            base = med.get(f"none/{proto}/c{conc}")
+            for setting in SETTINGS:
+                m = med.get(f"{setting}/{proto}/c{conc}")
+                if m is None or base is None:
+                    continue
+                p99 = 100.0 * (m["p99_us"] / base["p99_us"] - 1.0)
+                rps = 100.0 * (m["rps"] / base["rps"] - 1.0)
+                sh = m["shadow"]
+                copies = (f"{sh.get(f'{setting}.ok', 0):.0f} / {sh.get(f'{setting}.dropped', 0):.0f}"
+                          if setting != "none" else "")
+                rows.append([lay.name, setting, f"{proto} c={conc}", f"{m['p50_us']:.0f}", f"{m['p99_us']:.0f}",
+                             f"{m['rps']:.0f}", f"{p99:+.1f}%" if setting != "none" else "",
+                             f"{rps:+.1f}%" if setting != "none" else "", copies])
+                if lay.name == "apart" and setting != "none" and conc == 1:
+                    targets.append({"target": f"live p99 within {TARGET_P99_PCT:.0f}% of no shadow "
+                                              f"({setting}, {proto} c=1, shadow off the live core)",
+                                    "value": f"{p99:+.1f}% ({m['p99_us']:.0f} vs {base['p99_us']:.0f} µs)",
+                                    "met": p99 <= TARGET_P99_PCT})
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines), targets
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.shadow", description=__doc__.splitlines()[0])
+    p.add_argument("--duration", type=int, default=5, help="seconds per scenario run")
+    p.add_argument("--runs", type=int, default=3, help="runs per scenario; the median is reported")
+    p.add_argument("--quick", action="store_true", help="2 s per scenario, 1 run (CI)")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write every result here")
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--client-cpu", type=int, default=1)
+    p.add_argument("--layouts", default="apart,shared", help="comma-separated: apart, shared")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.duration, a.runs = 2, 1
+    a.client_warmup = 0.2 if a.quick else 0.5
+    if a.server_cpu == a.client_cpu:
+        p.error("--server-cpu and --client-cpu must differ")
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            p.error(f"`{tool}` is not installed")
+    os.sched_setaffinity(0, {a.client_cpu})
+    errors: list[str] = []
+    layouts: list[Layout] = []
+    with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
+        from runtime.demo import build_demo_store
+
+        store = Path(tmp) / "store"
+        build_demo_store(store, extra=True)
+        for name in a.layouts.split(","):
+            lay = Layout(name, a, Path(tmp), store)
+            layouts.append(lay)
+            try:
+                lay.start()
+                for i in range(a.runs):
+                    for setting in SETTINGS:
+                        lay.set_shadow(setting)
+                        for proto, conc in LOADS:
+                            res = lay.run(setting, proto, conc)
+                            log(f"{name} run {i + 1}/{a.runs} shadow={setting:5s} {proto} c={conc:<3d} "
+                                f"p50 {res['p50_us']:7.1f} us  p99 {res['p99_us']:8.1f} us  "
+                                f"{res['rps']:8.0f} req/s  copies {res['shadow']}")
+            except BenchError as exc:
+                errors.append(f"{name}: {exc}")
+            finally:
+                code = lay.proc.stop()
+                if code != 0:
+                    errors.append(f"{name}: router exited with {code}:\n{lay.proc.log[-2000:]}")
+    text, targets = report(layouts)
+    print(text)
+    print()
+    for t in targets:
+        print(f"target {'MET   ' if t['met'] else 'MISSED'} {t['target']}: {t['value']}")
+    if a.json:
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({
+            "machine": machine(), "settings": {"duration_s": a.duration, "runs": a.runs, "quick": a.quick,
+                                               "server_cpu": a.server_cpu, "client_cpu": a.client_cpu},
+            "layouts": {lay.name: {k: {"median": median(v), "runs": v} for k, v in lay.results.items()}
+                        for lay in layouts},
+            "targets": targets, "errors": errors}, indent=2, default=str) + "\n")
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
