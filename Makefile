@@ -49,6 +49,7 @@ bench: build
 	mkdir -p bench/out
 	$(PY) -m pytest bench/test_micro.py bench/test_splitter.py --benchmark-only -q
 	$(PY) -m bench.load --json bench/out/load.json
+	$(PY) -m bench.shadow --json bench/out/shadow.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
@@ -57,6 +58,7 @@ bench-smoke: build
 	$(PY) -m pytest bench/test_micro.py bench/test_splitter.py --benchmark-only -q --benchmark-min-rounds=3 --benchmark-max-time=0.05 \
 		--benchmark-json=bench/out/micro.json
 	$(PY) -m bench.load --quick --json bench/out/load-smoke.json
+	$(PY) -m bench.shadow --quick --json bench/out/shadow-smoke.json
 
 lint: build
 	$(PY) -m ruff check .

@@ -119,6 +119,44 @@ def test_encode_response(benchmark, fraud_meta, fmt: str) -> None:
     assert hlen == 0 and reply
 
 
+@pytest.mark.parametrize("fmt", list(BODIES))
+def test_shadow_compare(benchmark, fraud_meta, fmt: str) -> None:
+    """A shadow worker's extra work per copy: decode the live reply, compare, pack the statistics."""
+    from runtime.codecs import decode_request, encode_response
+    from runtime.compare import compare, decode_reply, pack_stats
+
+    meta, _ = fraud_meta
+    kind, body = BODIES[fmt]
+    req = decode_request(kind, body, 0, meta)
+    _, reply = encode_response(req, [np.array([[0.984049, 0.015951]], dtype=np.float32)], meta)
+    ours = {"probabilities": np.array([[0.98, 0.02]], dtype=np.float32)}
+
+    def shadow_copy() -> bytes:
+        return pack_stats(compare(decode_reply(kind, reply, 0), ours))
+
+    stats = benchmark(shadow_copy)
+    assert stats.startswith(b"\x92\x01")  # [rows_total=1, [...]]
+
+
+def test_shadow_router_side(benchmark) -> None:
+    """The router's work per compared copy: unpack the statistics, record result, latency, divergence."""
+    import msgpack
+
+    from router.metrics import Metrics
+
+    m = Metrics()
+    payload = msgpack.packb([1, [["probabilities", 0.004, 0.2, 1, 1]]])
+
+    def record() -> None:
+        _rows, outputs = msgpack.unpackb(payload)
+        for name, max_abs, max_rel, agree, rows in outputs:
+            m.observe_divergence("fraud", "2", name, max_abs, max_rel, agree, rows)
+        m.observe("fraud", "2", "http", 200, 0.0002, route="shadow")
+
+    benchmark(record)
+    assert m.shadow_agreement.labels("fraud", "2", "probabilities", "agree")._value.get() > 0
+
+
 # -- the model itself, for scale ------------------------------------------------------------------------------
 
 

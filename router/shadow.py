@@ -14,6 +14,7 @@ is dropped, never waited for.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from time import monotonic
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.shadow")
 
 _LOG_EVERY_S = 10.0  # one log line per shadow version per this many seconds of errors
+# Results recorded per loop turn: a shadow answers a whole batch at once, and
+# recording 32 results in one go would hold up the live requests behind them.
+_RECORD_CHUNK = 8
 
 
 class ShadowTarget:
@@ -44,7 +48,7 @@ class ShadowTarget:
     """
 
     __slots__ = ("model", "pool", "version", "timeout", "max_inflight", "metrics", "outstanding", "last_error",
-                 "_logged_at", "_counters")
+                 "_logged_at", "_counters", "_results", "_recording")
 
     def __init__(self, model: str, pool: VersionPool, timeout: float, max_inflight: int, metrics: Metrics) -> None:
         self.model = model
@@ -58,6 +62,8 @@ class ShadowTarget:
         self._logged_at = 0.0
         c = metrics.shadow_requests
         self._counters = {r: c.labels(model, pool.version, r) for r in ("ok", "error", "dropped", "timeout")}
+        self._results: list[tuple[str, int, bytes, float]] = []
+        self._recording = False
         metrics.shadow_queues[(model, pool.version)] = self
 
     def offer(self, protocol: str, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
@@ -75,14 +81,30 @@ class ShadowTarget:
 
         def done(status: int, _hlen: int, payload: bytes) -> None:
             self.outstanding -= 1
-            self._done(protocol, status, payload, now)
+            self._results.append((protocol, status, payload, monotonic() - now))
+            if not self._recording:
+                self._recording = True
+                asyncio.get_running_loop().call_soon(self._record)
 
         link.send_shadow(fmt, header_len, body, reply_header_len, reply, Call(done, now + self.timeout))
         return True
 
-    def _done(self, protocol: str, status: int, payload: bytes, sent: float) -> None:
+    def _record(self) -> None:
+        results = self._results
+        chunk = results[:_RECORD_CHUNK]
+        del results[:_RECORD_CHUNK]
+        try:
+            for protocol, status, payload, seconds in chunk:
+                self._result(protocol, status, payload, seconds)
+        finally:
+            if results:  # the rest after the loop has looked at the sockets again
+                asyncio.get_running_loop().call_soon(self._record)
+            else:
+                self._recording = False
+
+    def _result(self, protocol: str, status: int, payload: bytes, seconds: float) -> None:
         m = self.metrics
-        m.observe(self.model, self.version, protocol, status, monotonic() - sent, route="shadow")
+        m.observe(self.model, self.version, protocol, status, seconds, route="shadow")
         if status == 200:
             try:
                 _rows, outputs = msgpack.unpackb(payload)
