@@ -62,13 +62,13 @@ LOADS = (("http", 1), ("http", 32), ("msgpack", 1))
 TARGET_P99_PCT = 5.0  # live p99 with a shadow within 5 % of none, shadow on its own core
 
 
-def write_config(path: Path, store: Path, live_cpu: int, shadow_cpu: int) -> None:
+def write_config(path: Path, store: Path, live_cpu: int, shadow_cpu: int, shadow_priority: str) -> None:
     def version(name: str, cpu: int, extra: str = "") -> str:
         return (f'[[models.versions]]\nversion = "{name}"\n{extra}cpus = [{cpu}]\nthreads = 1\n'
                 f"max_batch_size = 32\n")
 
     path.write_text(
-        "[server]\nrequest_timeout_ms = 1000\n\n"
+        f'[server]\nrequest_timeout_ms = 1000\nshadow_priority = "{shadow_priority}"\n\n'
         f"[store]\npath = {json.dumps(str(store))}\n\n"
         '[[models]]\nname = "mlp-small"\nrouting_key = "x-user-id"\n'
         + version("1", live_cpu, "weight = 1\n")
@@ -87,7 +87,7 @@ class Layout:
         shadow_cpu = args.server_cpu if name == "shared" else args.shadow_cpu
         self.own_core = shadow_cpu not in (args.server_cpu, args.client_cpu)
         cfg = tmp / f"config-{name}.toml"
-        write_config(cfg, store, args.server_cpu, shadow_cpu)
+        write_config(cfg, store, args.server_cpu, shadow_cpu, args.shadow_priority)
         self.proc = Proc(f"router-{name}", [sys.executable, "-m", "router", "serve", "--config", str(cfg),
                                             "--http", f"{HOST}:{self.http}", "--msgpack", f"{HOST}:{self.wire}"],
                          args.server_cpu, tmp)
@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shadow-cpu", type=int, default=None,
                    help="core of the shadow workers in the apart layout (default: a third core, else the client's)")
     p.add_argument("--layouts", default="apart,shared", help="comma-separated: apart, shared")
+    p.add_argument("--shadow-priority", choices=("idle", "normal"), default="idle",
+                   help="server.shadow_priority of the daemon (idle needs CAP_SYS_NICE, else it is normal)")
     a = p.parse_args(argv)
     if a.shadow_cpu is None:
         spare = sorted(os.sched_getaffinity(0) - {a.server_cpu, a.client_cpu})
@@ -279,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         a.json.write_text(json.dumps({
             "machine": machine(), "settings": {"duration_s": a.duration, "runs": a.runs, "quick": a.quick,
                                                "server_cpu": a.server_cpu, "client_cpu": a.client_cpu,
-                                               "shadow_cpu": a.shadow_cpu},
+                                               "shadow_cpu": a.shadow_cpu,
+                                               "shadow_priority": a.shadow_priority},
             "layouts": {lay.name: {k: {"median": median(v), "runs": v} for k, v in lay.results.items()}
                         for lay in layouts},
             "targets": targets, "errors": errors}, indent=2, default=str) + "\n")

@@ -40,6 +40,7 @@ class ServerConfig:
     drain_timeout_s: float = 10.0
     max_inflight_per_worker: int = 1024
     worker_start_timeout_s: float = 60.0
+    shadow_priority: str = "idle"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,13 @@ def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
     return v
 
 
+def _choice(raw: dict[str, Any], key: str, where: str, default: str, allowed: tuple[str, ...]) -> str:
+    v = raw.get(key, default)
+    if v not in allowed:
+        raise ConfigError(f"{where}.{key}: must be one of {', '.join(map(repr, allowed))}, got {v!r}")
+    return v
+
+
 def _str(raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
     v = raw.get(key, default)
     if not isinstance(v, str) or not v:
@@ -168,7 +176,7 @@ def parse_address(value: Any, where: str) -> Address | None:
 
 _SERVER_KEYS = {
     "http", "msgpack", "request_timeout_ms", "max_body_bytes", "drain_timeout_s",
-    "max_inflight_per_worker", "worker_start_timeout_s",
+    "max_inflight_per_worker", "worker_start_timeout_s", "shadow_priority",
 }
 _VERSION_KEYS = {
     "version", "weight", "shadow", "shadow_queue", "replicas", "device", "cpus", "threads",
@@ -259,6 +267,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         drain_timeout_s=_num(s, "drain_timeout_s", "server", 10.0, 0.0),
         max_inflight_per_worker=_int(s, "max_inflight_per_worker", "server", 1024, 1),
         worker_start_timeout_s=_num(s, "worker_start_timeout_s", "server", 60.0, 1.0),
+        shadow_priority=_choice(s, "shadow_priority", "server", "idle", ("idle", "normal")),
     )
     st = _table(top.get("store", {}), "store", {"path"})
     store = Path(_str(st, "path", "store", "model-store"))

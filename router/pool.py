@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from time import monotonic
 
+from . import priority
 from .config import Config, ModelConfig, VersionConfig
 from .errors import ConfigError, NotFound, WorkerUnavailable
 from .meta import MODEL_FILE, ModelMeta, read_meta
@@ -152,6 +153,10 @@ class Pools:
         self.max_inflight = config.server.max_inflight_per_worker
         self.models: dict[str, ModelRoute] = {}
         self.replicas: list[Replica] = []
+        self.idle_shadows = config.server.shadow_priority == "idle" and priority.can_restore()
+        if config.server.shadow_priority == "idle" and not self.idle_shadows:
+            log.info("shadow workers run at normal CPU priority: moving a promoted shadow back out of "
+                     "SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE >= 20")
         max_frame = config.server.max_body_bytes + 4096
         for i, mc in enumerate(config.models):
             pools = {}
@@ -171,6 +176,8 @@ class Pools:
         self._route_of = {id(r): self.models[r.model] for r in self.replicas}
 
     def _on_state(self, replica: Replica) -> None:
+        if replica.live and self.idle_shadows and replica.vc.shadow > 0 and replica.pid is not None:
+            priority.set_idle(replica.pid, True)  # a new process starts at the router's (normal) policy
         self._pool_of[id(replica)].refresh()
         self._route_of[id(replica)].rebuild()
         self.metrics.worker_up.labels(replica.model, replica.vc.version, str(replica.index)).set(
@@ -208,7 +215,15 @@ class Pools:
     def apply_traffic(self, config: Config) -> None:
         """Apply ``config``'s weights and shadows (same models and versions) to the routing tables."""
         for mc in config.models:
-            self.models[mc.name].apply(mc)
+            route = self.models[mc.name]
+            was = {v: p.vc.shadow > 0 for v, p in route.versions.items()}
+            route.apply(mc)
+            if self.idle_shadows:
+                for v, p in route.versions.items():
+                    if (p.vc.shadow > 0) != was[v]:
+                        for r in p.replicas:
+                            if r.live and r.pid is not None:
+                                priority.set_idle(r.pid, p.vc.shadow > 0)
         self.config = config
 
     @property

@@ -191,7 +191,8 @@ def test_differing_shadow_metrics_match_a_local_comparison(start_daemon, store: 
 
 def test_mirrored_fraction_is_the_configured_one_and_keyed_copies_are_deterministic(start_daemon):
     f = 0.3
-    d = start_daemon(models=[mlp(("copy", f), queue=100_000)])
+    # Normal priority: under this load an idle-priority shadow would be starved and drop copies.
+    d = start_daemon(models=[mlp(("copy", f), queue=100_000)], shadow_priority="normal")
     n = 20_000
     keys = [f"caller-{i}" for i in range(n)]
     x = inputs()["x"]
@@ -206,7 +207,7 @@ def test_mirrored_fraction_is_the_configured_one_and_keyed_copies_are_determinis
 
 def test_keyless_mirroring_is_random_at_the_configured_fraction(start_daemon):
     f = 0.5
-    d = start_daemon(models=[mlp(("copy", f), queue=100_000, key=False)])
+    d = start_daemon(models=[mlp(("copy", f), queue=100_000, key=False)], shadow_priority="normal")
     n = 20_000
     x = inputs()["x"]
     with WireClient("127.0.0.1", d.wire_port) as c:
@@ -412,3 +413,30 @@ def test_shutdown_does_not_wait_for_shadow_copies(start_daemon):
         os.kill(pid, signal.SIGCONT)
     assert d.stop() == 0
     assert "drain timeout" not in d.log
+
+
+def test_shadow_workers_yield_the_cpu_and_get_it_back_when_promoted(start_daemon):
+    from router import priority
+
+    d = start_daemon(models=[mlp(("copy", 1.0))])
+    live, shadow = worker_pid(d, "1"), worker_pid(d, "copy")
+    assert os.sched_getscheduler(live) == os.SCHED_OTHER
+    if not priority.can_restore():  # unprivileged: shadows keep normal priority, and the log says why
+        assert os.sched_getscheduler(shadow) == os.SCHED_OTHER
+        assert "shadow workers run at normal CPU priority" in d.log
+        return
+    assert os.sched_getscheduler(shadow) == os.SCHED_IDLE
+    assert put(d, {"weights": {"copy": 1}, "shadow": {"copy": 0}})[0] == 200
+    assert os.sched_getscheduler(shadow) == os.SCHED_OTHER
+    assert put(d, {"weights": {"copy": 0}, "shadow": {"copy": 0.5}})[0] == 200
+    assert os.sched_getscheduler(shadow) == os.SCHED_IDLE
+    os.kill(shadow, signal.SIGKILL)  # its replacement goes idle as soon as it is live
+    wait_for(lambda: worker_pid(d, "copy") not in (shadow, None) or None, timeout=15)
+    wait_for(lambda: json.loads(d.get("/admin/models")[1])["ready"] or None, timeout=15)
+    assert os.sched_getscheduler(worker_pid(d, "copy")) == os.SCHED_IDLE
+    assert os.sched_getscheduler(live) == os.SCHED_OTHER
+
+
+def test_shadow_priority_normal_leaves_shadows_alone(start_daemon):
+    d = start_daemon(models=[mlp(("copy", 1.0))], shadow_priority="normal")
+    assert os.sched_getscheduler(worker_pid(d, "copy")) == os.SCHED_OTHER
