@@ -164,7 +164,8 @@ class Pools:
                 where = f"models[{i}].versions[{j}]"
                 d, meta = resolve_meta(config.store_path, mc.name, vc.version, where)
                 reps = [
-                    Replica(mc.name, vc, k, d, max_frame, config.server.worker_start_timeout_s, self._on_state)
+                    Replica(mc.name, vc, k, d, max_frame, config.server.worker_start_timeout_s, self._on_state,
+                            config.server.shadow_flush_us / 1e6)
                     for k in range(vc.replicas)
                 ]
                 self.replicas.extend(reps)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
-from .supervisor import Call
+from .supervisor import CopyCall
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -81,12 +81,14 @@ class ShadowTarget:
 
         def done(status: int, _hlen: int, payload: bytes) -> None:
             self.outstanding -= 1
-            self._results.append((protocol, status, payload, monotonic() - now))
+            # Shadow latency counts from the write, not from the hold before it.
+            self._results.append((protocol, status, payload, monotonic() - call.sent))
             if not self._recording:
                 self._recording = True
                 asyncio.get_running_loop().call_soon(self._record)
 
-        link.send_shadow(fmt, header_len, body, reply_header_len, reply, Call(done, now + self.timeout))
+        call = CopyCall(done, now + self.timeout, now)
+        link.send_shadow(fmt, header_len, body, reply_header_len, reply, call)
         return True
 
     def _record(self) -> None:

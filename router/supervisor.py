@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from time import monotonic
 
 import msgpack
 
@@ -45,10 +46,25 @@ class Call:
         self.deadline = deadline
 
 
+class CopyCall(Call):
+    """A shadow copy in flight: ``sent`` becomes the time it was actually written."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self, done: Done, deadline: float, now: float) -> None:
+        super().__init__(done, deadline)
+        self.sent = now
+
+
+#: Most copies held for one write.
+_COPIES_PER_WRITE = 32
+
+
 class WorkerLink(asyncio.Protocol):
     """The router's end of one worker socket: sends requests, matches replies by id."""
 
-    def __init__(self, name: str, max_frame: int, on_lost: Callable[[WorkerLink], None]) -> None:
+    def __init__(self, name: str, max_frame: int, on_lost: Callable[[WorkerLink], None],
+                 copy_delay: float = 0.001) -> None:
         self.name = name
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, Call] = {}
@@ -56,6 +72,10 @@ class WorkerLink(asyncio.Protocol):
         self._scanner = FrameScanner(max_frame)
         self._next = 1
         self._on_lost = on_lost
+        self._copy_delay = copy_delay
+        self._copies: list[bytes] = []
+        self._copy_calls: list[CopyCall] = []
+        self._copy_timer: asyncio.TimerHandle | None = None
         self.lost_reason = ""
 
     # asyncio.Protocol
@@ -82,6 +102,11 @@ class WorkerLink(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        if self._copy_timer is not None:
+            self._copy_timer.cancel()
+            self._copy_timer = None
+        self._copies.clear()  # their calls are pending: fail_all answers them
+        self._copy_calls.clear()
         reason = self.lost_reason or "worker exited"
         self.fail_all(503, f"{self.name}: {reason}")
         if not self.hello.done():
@@ -106,20 +131,44 @@ class WorkerLink(asyncio.Protocol):
             t.writelines((link.pack_head(rid, kind, header_len, len(payload)), payload))
 
     def send_shadow(self, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
-                    call: Call) -> None:
-        """Send a shadow copy: the caller's body and the live reply, as they are (see :mod:`router.link`)."""
+                    call: CopyCall) -> None:
+        """Queue a shadow copy: the caller's body and the live reply, as they are (see :mod:`router.link`).
+
+        Copies are held up to ``copy_delay`` seconds (or until 32 wait) and written
+        together: one write and one wake-up of the shadow, and one answer back,
+        for several copies instead of each, which is most of what a copy costs
+        the router. ``call.sent`` is set when the copy is written.
+        """
         rid = self._next
         self._next = rid + 1 if rid < 0xFFFFFFFF else 1
-        t = self.transport
-        if t is None:
+        if self.transport is None:
             call.done(503, 0, f"{self.name}: worker not connected".encode())
             return
         self.pending[rid] = call
-        head = link.pack_shadow_head(rid, fmt, header_len, len(body), reply_header_len, len(reply))
-        if len(body) + len(reply) < 65536:
-            t.write(b"".join((head, body, reply)))
-        else:
-            t.writelines((head, body, reply))
+        out = self._copies
+        out.append(link.pack_shadow_head(rid, fmt, header_len, len(body), reply_header_len, len(reply)))
+        out.append(body)
+        out.append(reply)
+        self._copy_calls.append(call)
+        if len(self._copy_calls) >= _COPIES_PER_WRITE:
+            self.write_copies()
+        elif self._copy_timer is None:
+            self._copy_timer = asyncio.get_running_loop().call_later(self._copy_delay, self.write_copies)
+
+    def write_copies(self) -> None:
+        """Write the copies held so far."""
+        if self._copy_timer is not None:
+            self._copy_timer.cancel()
+            self._copy_timer = None
+        out, self._copies = self._copies, []
+        calls, self._copy_calls = self._copy_calls, []
+        t = self.transport
+        if t is None or not out:
+            return
+        t.writelines(out)
+        now = monotonic()
+        for c in calls:
+            c.sent = now
 
     def expire(self, now: float) -> int:
         """Answer 504 to every call past its deadline; returns how many.
@@ -159,7 +208,7 @@ class Replica:
     """
 
     def __init__(self, model: str, vc: VersionConfig, index: int, model_dir: Path, max_frame: int,
-                 start_timeout: float, on_state: Callable[[Replica], None]) -> None:
+                 start_timeout: float, on_state: Callable[[Replica], None], copy_delay: float = 0.001) -> None:
         self.model = model
         self.vc = vc
         self.index = index
@@ -167,6 +216,7 @@ class Replica:
         self.max_frame = max_frame
         self.start_timeout = start_timeout
         self.on_state = on_state
+        self.copy_delay = copy_delay
         self.name = f"{model}/{vc.version}#{index}"
         self.link: WorkerLink | None = None
         self.proc: asyncio.subprocess.Process | None = None
@@ -254,7 +304,7 @@ class Replica:
 
         try:
             _, link = await loop.create_unix_connection(
-                lambda: WorkerLink(self.name, self.max_frame, on_lost), sock=ours)
+                lambda: WorkerLink(self.name, self.max_frame, on_lost, self.copy_delay), sock=ours)
         except BaseException:
             ours.close()
             raise

@@ -50,6 +50,7 @@ def test_defaults():
     (base(shadow=0.5, weight=0, shadow_queue=0), "models[0].versions[0].shadow_queue: must be >= 1"),
     (base(shadow=0.5, weight=1), "a shadow version takes no live traffic"),
     ({"server": {"shadow_priority": "low"}, **base()}, "server.shadow_priority: must be one of 'idle', 'normal'"),
+    ({"server": {"shadow_flush_us": -1}, **base()}, "server.shadow_flush_us: must be >= 0"),
     (base(max_batch_size=0), "models[0].versions[0].max_batch_size: must be >= 1"),
     (base(bogus=1), "models[0].versions[0].bogus: unknown key"),
     (base(optimize="yes"), "models[0].versions[0].optimize: must be true or false"),
