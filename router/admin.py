@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .config import Address, Config
 from .configfile import plain_number, write_traffic
-from .errors import ConfigError
+from .errors import ConfigError, ReloadRefused
 
 if TYPE_CHECKING:
     from .server import Server
@@ -158,7 +158,6 @@ class AdminHandlers:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self._lock = asyncio.Lock()  # one traffic change (and file write) at a time
 
     def _traffic(self, name: str) -> dict[str, Any]:
         route = self.server.pools.models[name]
@@ -186,7 +185,7 @@ class AdminHandlers:
             body = json.loads(await request.read())
         except ValueError as exc:
             return _error(400, f"malformed JSON: {exc}")
-        async with self._lock:
+        async with self.server.change_lock:  # one change (and file write) at a time
             mc = pools.models[name].config
             try:
                 weights, shadows = parse_traffic(body, {v.version: v.weight for v in mc.versions},
@@ -208,6 +207,13 @@ class AdminHandlers:
                 f"{v}={plain_number(w)}" if not shadows[v] else f"{v}=shadow {shadows[v]:g}"
                 for v, w in weights.items()))
         return web.json_response(self._traffic(name))
+
+    async def reload(self, request: web.Request) -> web.Response:
+        try:
+            plan = await self.server.reload()
+        except (ConfigError, ReloadRefused) as exc:
+            return _error(exc.status, f"{exc}; nothing changed")
+        return web.json_response({"reloaded": str(self.server.config.source), "changes": list(plan.live)})
 
     async def models(self, request: web.Request) -> web.Response:
         out = []
@@ -254,4 +260,5 @@ def make_admin_app(server: Server) -> web.Application:
     app.router.add_get("/models", h.models)
     app.router.add_get("/models/{model}/traffic", h.get_traffic)
     app.router.add_put("/models/{model}/traffic", h.put_traffic)
+    app.router.add_post("/reload", h.reload)
     return app

@@ -1,6 +1,6 @@
-"""``router``: the command line (serve, demo-models, traffic, shadow, status).
+"""``router``: the command line (serve, demo-models, traffic, shadow, reload, status).
 
-``traffic``, ``shadow`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
+``traffic``, ``shadow``, ``reload`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
 as a bearer token when it is set.
 """
 
@@ -166,6 +166,16 @@ def cmd_shadow(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    try:
+        res = _admin_call(args, "POST", "/admin/reload", {})
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"reloaded {res['reloaded']}: " + ("; ".join(res["changes"]) if res["changes"] else "no change"))
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     try:
         res = _admin_call(args, "GET", "/admin/models")
@@ -208,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
                               ("shadow", cmd_shadow, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),
+                              ("reload", cmd_reload, "re-read the daemon's config file and apply what changed"),
                               ("status", cmd_status, "show models, versions, weights and workers")):
         c = sub.add_parser(name, help=help_)
         if name == "traffic":

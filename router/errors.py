@@ -29,6 +29,12 @@ class ConfigError(RouterError, ValueError):
     status = 400
 
 
+class ReloadRefused(RouterError):
+    """A reloaded config changes what a reload cannot apply live; nothing was changed."""
+
+    status = 409
+
+
 class FrameError(RouterError, ValueError):
     """A length-prefixed frame or its msgpack envelope is malformed."""
 

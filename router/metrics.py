@@ -65,6 +65,13 @@ class Metrics:
             ["model", "version", "replica"],
             registry=r,
         )
+        self.reloads = Counter(
+            "router_reloads",
+            "Config reloads by result: ok (applied), invalid (the file did not validate), refused (it changes "
+            "what needs a deploy or a restart). Nothing changes unless ok.",
+            ["result"],
+            registry=r,
+        )
         self.shadow_requests = Counter(
             "router_shadow_requests",
             "Shadow copies by result: ok (compared), error, dropped (queue full or no live worker), timeout.",

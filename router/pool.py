@@ -118,6 +118,7 @@ class ModelRoute:
         for vc in mc.versions:
             self.versions[vc.version].vc = vc
         self.config = mc
+        self.routing_key = mc.routing_key
         self.rebuild()
         self._build_mirror()
 

@@ -14,8 +14,10 @@ import time
 
 from aiohttp import web
 
+from . import reload
 from .app import make_app
 from .config import Config
+from .errors import ConfigError, ReloadRefused
 from .metrics import Metrics
 from .pool import Pools
 from .wire import WireProtocol
@@ -42,6 +44,8 @@ class Server:
         self.draining = False
         self.started = False
         self.connections: set[WireProtocol] = set()
+        #: One change of configuration at a time (traffic PUT, reload).
+        self.change_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._wire: asyncio.Server | None = None
@@ -51,6 +55,45 @@ class Server:
         """Adopt a configuration that differs only in traffic (weights, shadows)."""
         self.pools.apply_traffic(config)
         self.config = config
+
+    async def reload(self) -> reload.Plan:
+        """Re-read the config file and apply what changed (traffic only, for now).
+
+        Raises:
+            ConfigError: the file is invalid (the message names the key path); nothing changed.
+            ReloadRefused: it changes what needs a deploy or a restart; nothing changed.
+        """
+        async with self.change_lock:
+            source = self.config.source
+            if source is None:
+                raise ConfigError("this daemon was not started from a config file: nothing to reload")
+            try:
+                new, digests = await asyncio.get_running_loop().run_in_executor(
+                    None, reload.read, source, self.config)
+            except ConfigError as exc:
+                self.metrics.reloads.labels("invalid").inc()
+                msg = str(exc)
+                log.error("reload: %s; nothing changed", msg if msg.startswith(str(source)) else f"{source}: {msg}")
+                raise
+            running = {(m, v): p.meta.sha256 for m, r in self.pools.models.items() for v, p in r.versions.items()}
+            p = reload.plan(self.config, new, digests, running)
+            if p.refused:
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload of %s refused, nothing changed: %s", source, "; ".join(p.refused))
+                raise ReloadRefused("; ".join(p.refused))
+            self.set_config(new)
+            self.metrics.reloads.labels("ok").inc()
+            log.info("reloaded %s: %s", source, "; ".join(p.live) if p.live else "no change")
+            return p
+
+    def _reload_on_signal(self) -> None:
+        async def run() -> None:
+            try:
+                await self.reload()
+            except (ConfigError, ReloadRefused):
+                pass  # logged and counted by reload()
+
+        asyncio.get_running_loop().create_task(run(), name="reload on SIGHUP")
 
     def request_stop(self) -> None:
         """Begin shutdown (safe from a signal handler: it only sets state)."""
@@ -102,13 +145,14 @@ class Server:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._reload_on_signal)
         try:
             await self.start()
             await self._stop.wait()
             log.info("shutting down: draining")
         finally:
             await self.stop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
     async def stop(self) -> None:

@@ -1,0 +1,109 @@
+"""Reloading ``config.toml`` in a running daemon: what changed, and whether it can be applied live.
+
+A reload re-reads the file, validates it exactly as at start-up, and compares it
+with the running configuration. Changes of traffic (weights, shadow fractions,
+shadow queues, routing keys) are applied with one table swap per model, no
+worker restarted. Anything that needs other workers (versions added or removed,
+a model file replaced, replicas, device, CPUs, threads, batching) needs a
+standby pool (blue-green deploy), and ``[server]`` / ``[store]`` / ``[admin]``
+settings need a restart: a reload that contains such a change is refused as a
+whole, naming each one, and nothing changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import Config, ModelConfig, VersionConfig, load_config
+from .errors import ConfigError
+from .meta import read_meta
+
+#: Version keys a reload applies live; every other key needs other workers.
+TRAFFIC_KEYS = frozenset({"weight", "shadow", "shadow_queue"})
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a reload would do."""
+
+    config: Config
+    #: Human-readable changes that are applied live (traffic).
+    live: tuple[str, ...] = ()
+    #: Changes that cannot be applied by a reload; any of them refuses the whole reload.
+    refused: tuple[str, ...] = field(default=())
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.live)
+
+
+def read(path: Path, running: Config) -> tuple[Config, dict[tuple[str, str], str]]:
+    """Load and validate ``path``; also the sha256 of every version's model file it names.
+
+    The listen addresses of the running daemon are kept (they may come from the
+    command line, and a listener cannot move live).
+
+    Raises:
+        ConfigError: the file is unreadable, not TOML, invalid, or names a
+            version whose meta.json is missing or invalid.
+    """
+    new = load_config(path)
+    new = dataclasses.replace(new, server=dataclasses.replace(
+        new.server, http=running.server.http, msgpack=running.server.msgpack))
+    digests = {}
+    for i, m in enumerate(new.models):
+        for j, v in enumerate(m.versions):
+            d = new.store_path / m.name / v.version
+            try:
+                digests[(m.name, v.version)] = read_meta(d).sha256
+            except ConfigError as exc:
+                raise ConfigError(f"models[{i}].versions[{j}]: {exc}") from None
+    return new, digests
+
+
+def plan(running: Config, new: Config, digests: dict[tuple[str, str], str],
+         running_digests: dict[tuple[str, str], str]) -> Plan:
+    """Compare ``new`` with the running configuration."""
+    live: list[str] = []
+    refused: list[str] = []
+    for section in ("server", "admin"):
+        if getattr(running, section) != getattr(new, section):
+            refused.append(f"[{section}] changed: needs a restart")
+    if running.store_path != new.store_path:
+        refused.append("store.path changed: needs a restart")
+    old_models = {m.name: m for m in running.models}
+    new_models = {m.name: m for m in new.models}
+    for name in sorted(set(old_models) - set(new_models)):
+        refused.append(f"model {name!r} removed: needs a deploy")
+    for name in sorted(set(new_models) - set(old_models)):
+        refused.append(f"model {name!r} added: needs a deploy")
+    for name in old_models.keys() & new_models.keys():
+        _model(old_models[name], new_models[name], digests, running_digests, live, refused)
+    return Plan(new, tuple(live), tuple(refused))
+
+
+def _model(old: ModelConfig, new: ModelConfig, digests: dict[tuple[str, str], str],
+           running_digests: dict[tuple[str, str], str], live: list[str], refused: list[str]) -> None:
+    name = old.name
+    if old.routing_key != new.routing_key:
+        live.append(f"{name}: routing_key {old.routing_key!r} -> {new.routing_key!r}")
+    old_v = {v.version: v for v in old.versions}
+    new_v = {v.version: v for v in new.versions}
+    for v in old_v.keys() - new_v.keys():
+        refused.append(f"{name}: version {v!r} removed: needs a deploy")
+    for v in new_v.keys() - old_v.keys():
+        refused.append(f"{name}: version {v!r} added: needs a deploy")
+    for v in sorted(old_v.keys() & new_v.keys()):
+        a, b = old_v[v], new_v[v]
+        for f in dataclasses.fields(VersionConfig):
+            x, y = getattr(a, f.name), getattr(b, f.name)
+            if x == y:
+                continue
+            if f.name in TRAFFIC_KEYS:
+                live.append(f"{name}/{v}: {f.name} {x:g} -> {y:g}")
+            else:
+                refused.append(f"{name}/{v}: {f.name} {x!r} -> {y!r}: needs a deploy")
+        if digests.get((name, v)) != running_digests.get((name, v)):
+            refused.append(f"{name}/{v}: model file replaced (sha256 changed): needs a deploy")
