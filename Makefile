@@ -21,6 +21,7 @@ run: build demo
 
 test: build
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 	# The pure-Python twins must pass the whole suite too (the daemons inherit the switch).
 	ROUTER_NO_EXTENSIONS=1 $(PY) -m pytest -q
@@ -62,6 +63,7 @@ bench-smoke: build
 
 lint: build
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf build router/*.so router/*.stamp ext/*.c ext/*.html

@@ -129,9 +129,10 @@ class Server:
 
     @staticmethod
     def _bound(site: web.TCPSite) -> str:
-        server = site._server  # the listening sockets tell the real port when 0 was asked
-        if server is not None and getattr(server, "sockets", None):
-            host, port = server.sockets[0].getsockname()[:2]
+        # The listening sockets tell the real port when 0 was asked.
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            host, port = sockets[0].getsockname()[:2]
             return f"{host}:{port}"
         return site.name
 

@@ -19,6 +19,7 @@ from .framing import FrameScanner, pack_header, parse_request
 from .link import FMT_MSGPACK
 
 if TYPE_CHECKING:
+    from .pool import ModelRoute
     from .server import Server
 
 log = logging.getLogger("router.wire")
@@ -94,7 +95,7 @@ class WireProtocol(asyncio.Protocol):
         t0 = monotonic()
         counts = self.metrics.in_flight
         ckey = (model, "msgpack")
-        route = None
+        route: ModelRoute | None = None
 
         def done(status: int, _hlen: int, result: bytes) -> None:
             counts[ckey] -= 1
@@ -104,8 +105,9 @@ class WireProtocol(asyncio.Protocol):
                 t.write(reply_frame(rid, status, answered, result if status == 200
                                     else result.decode(errors="replace")))
             self.metrics.observe(model, answered or "", "msgpack", status, monotonic() - t0)
-            if status == 200 and route.mirror is not None:  # after the reply is written
-                route.mirror_copy(answered, key, "msgpack", FMT_MSGPACK, 0, payload, 0, result)
+            r = route  # set before submit, so before any answer
+            if status == 200 and r is not None and r.mirror is not None:  # after the reply is written
+                r.mirror_copy(answered, key, "msgpack", FMT_MSGPACK, 0, payload, 0, result)
 
         try:
             if self.server.draining:

@@ -190,9 +190,9 @@ def _decode_oip(payload: bytes | memoryview, header_len: int, plan: _Plan, fmt: 
     for raw in inputs:
         if not isinstance(raw, dict):
             raise BadRequest("each entry of 'inputs' must be an object")
-        name = raw.get("name")
-        idx = _input_index(plan, name, arrays)
+        idx = _input_index(plan, raw.get("name"), arrays)
         spec = meta.inputs[idx]
+        name = spec.name  # the validated name
         dtype = plan.in_dtypes[idx]
         _check_datatype(raw.get("datatype"), name, spec.datatype)
         shape = _shape(raw.get("shape"), name, spec.shape)
@@ -450,7 +450,7 @@ def _wire(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _raw(arr: np.ndarray) -> memoryview:
     """A flat byte view of a C-contiguous array (works for 0-d and empty arrays too)."""
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return arr.reshape(-1).view(np.uint8).data
 
 
 def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta) -> tuple[int, bytes]:

@@ -165,7 +165,8 @@ class FraudModel(nn.Module):
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """Class logits ``[n, 2]`` (used for training)."""
-        return self.body((features - self.mean) / self.std)
+        # The buffers are Tensors; torch's stubs type module attributes as Tensor | Module.
+        return self.body((features - self.mean) / self.std)  # type: ignore[operator]
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.softmax(self.logits(features), dim=-1)

@@ -51,7 +51,7 @@ def to_wire(name: str, value: Any) -> tuple[str, np.ndarray]:
 
 def raw_bytes(arr: np.ndarray) -> memoryview:
     """A flat byte view of a C-contiguous array (0-d and empty arrays too), without copying."""
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return arr.reshape(-1).view(np.uint8).data
 
 
 def from_buffer(buf: bytes, offset: int, nbytes: int, datatype: str, shape: list[int], name: str) -> np.ndarray:
@@ -149,6 +149,8 @@ def msgpack_outputs(raw: Any) -> dict[str, np.ndarray]:
     for name, t in raw.items():
         if not isinstance(t, dict) or not isinstance(t.get("data"), bytes):
             raise ValueError(f"msgpack reply: output {name!r} must be a map with bin 'data'")
-        data = t["data"]
-        out[name] = from_buffer(data, 0, len(data), t.get("datatype"), t.get("shape"), name)
+        data, datatype, shape = t["data"], t.get("datatype"), t.get("shape")
+        if not isinstance(datatype, str) or not isinstance(shape, list):
+            raise ValueError(f"msgpack reply: output {name!r} needs a str 'datatype' and a list 'shape'")
+        out[name] = from_buffer(data, 0, len(data), datatype, shape, name)
     return out

@@ -373,7 +373,7 @@ class AsyncWireClient:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             _nodelay(sock)
-        return cls(transport, proto, timeout)  # type: ignore[arg-type]
+        return cls(transport, proto, timeout)
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray], *, version: str | None = None,
                     key: str | bytes | None = None, outputs: Sequence[str] | None = None,
