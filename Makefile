@@ -51,6 +51,7 @@ bench: build
 	$(PY) -m pytest bench/test_micro.py bench/test_splitter.py --benchmark-only -q
 	$(PY) -m bench.load --json bench/out/load.json
 	$(PY) -m bench.shadow --json bench/out/shadow.json
+	$(PY) -m bench.deploy --json bench/out/deploy.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
@@ -60,6 +61,7 @@ bench-smoke: build
 		--benchmark-json=bench/out/micro.json
 	$(PY) -m bench.load --quick --json bench/out/load-smoke.json
 	$(PY) -m bench.shadow --quick --json bench/out/shadow-smoke.json
+	$(PY) -m bench.deploy --quick --json bench/out/deploy-smoke.json
 
 lint: build
 	$(PY) -m ruff check .

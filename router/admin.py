@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .config import Address, Config
 from .configfile import plain_number, write_traffic
-from .errors import ConfigError, ReloadRefused
+from .errors import ConfigError, DeployFailed, NoPreviousPool, ReloadRefused
 
 if TYPE_CHECKING:
     from .server import Server
@@ -213,12 +213,31 @@ class AdminHandlers:
             plan = await self.server.reload()
         except (ConfigError, ReloadRefused) as exc:
             return _error(exc.status, f"{exc}; nothing changed")
-        return web.json_response({"reloaded": str(self.server.config.source), "changes": list(plan.live)})
+        except DeployFailed as exc:
+            return _error(exc.status, str(exc))
+        return web.json_response({"reloaded": str(self.server.config.source), "changes": list(plan.live),
+                                  "deployed": {m: list(why) for m, why in plan.deploy.items()}})
+
+    async def rollback(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name not in self.server.pools.models:
+            return _error(404, f"unknown model {name!r}")
+        try:
+            swap = await self.server.rollback(name)
+        except NoPreviousPool as exc:
+            return _error(exc.status, str(exc))
+        route = self.server.pools.models[name]
+        return web.json_response({"model": name, "active": route.pool, "swap_us": round(swap * 1e6, 1),
+                                  "versions": [v.version for v in route.config.versions]})
 
     async def models(self, request: web.Request) -> web.Response:
         out = []
         for name, route in self.server.pools.models.items():
             t = self._traffic(name)
+            prev = self.server.pools.previous.get(name)
+            t["pool"] = route.pool
+            t["previous"] = ({"pool": prev.pool, "versions": [v.version for v in prev.config.versions]}
+                             if prev is not None else None)
             t["versions"] = [
                 {
                     "version": p.version,
@@ -261,4 +280,5 @@ def make_admin_app(server: Server) -> web.Application:
     app.router.add_get("/models/{model}/traffic", h.get_traffic)
     app.router.add_put("/models/{model}/traffic", h.put_traffic)
     app.router.add_post("/reload", h.reload)
+    app.router.add_post("/models/{model}/rollback", h.rollback)
     return app

@@ -1,6 +1,6 @@
-"""``router``: the command line (serve, demo-models, traffic, shadow, reload, status).
+"""``router``: the command line (serve, demo-models, traffic, shadow, reload, rollback, status).
 
-``traffic``, ``shadow``, ``reload`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
+``traffic``, ``shadow``, ``reload``, ``rollback`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
 as a bearer token when it is set.
 """
 
@@ -172,7 +172,19 @@ def cmd_reload(args: argparse.Namespace) -> int:
     except (RouterError, ConfigError) as exc:
         log.error("%s", exc)
         return 1
-    print(f"reloaded {res['reloaded']}: " + ("; ".join(res["changes"]) if res["changes"] else "no change"))
+    changes = [*res["changes"], *(f"deployed {m} ({'; '.join(why)})" for m, why in res["deployed"].items())]
+    print(f"reloaded {res['reloaded']}: " + ("; ".join(changes) if changes else "no change"))
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    try:
+        res = _admin_call(args, "POST", f"/admin/models/{args.model}/rollback", {})
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"{res['model']}: the {res['active']} pool is active again (versions {', '.join(res['versions'])}; "
+          f"swap {res['swap_us']} us)")
     return 0
 
 
@@ -184,7 +196,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 1
     print(f"ready: {'yes' if res['ready'] else 'no'}{' (draining)' if res['draining'] else ''}")
     for m in res["models"]:
-        print(f"model {m['model']}" + (f" (routing key: {m['routing_key']})" if m["routing_key"] else ""))
+        print(f"model {m['model']}" + (f" (routing key: {m['routing_key']})" if m["routing_key"] else "")
+              + f", {m['pool']} pool active"
+              + (f", {m['previous']['pool']} pool warm for rollback" if m["previous"] else ""))
         total = sum(m["weights"].values()) or 1
         for v in m["versions"]:
             share = f"{100 * v['weight'] / total:5.1f}%" if not v["shadow"] else f"shadow {v['shadow']:.0%}"
@@ -219,8 +233,11 @@ def build_parser() -> argparse.ArgumentParser:
                               ("shadow", cmd_shadow, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),
                               ("reload", cmd_reload, "re-read the daemon's config file and apply what changed"),
+                              ("rollback", cmd_rollback, "make a model's previous (warm) pool active again"),
                               ("status", cmd_status, "show models, versions, weights and workers")):
         c = sub.add_parser(name, help=help_)
+        if name == "rollback":
+            c.add_argument("model")
         if name == "traffic":
             c.add_argument("model")
             c.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT", help="e.g. 1=80 2=20; none: show")

@@ -68,6 +68,7 @@ class ModelConfig:
     name: str
     routing_key: str | None
     versions: tuple[VersionConfig, ...]
+    keep_previous_s: float = 300.0
 
     def version(self, v: str) -> VersionConfig | None:
         for vc in self.versions:
@@ -229,7 +230,7 @@ def _version(raw: Any, where: str) -> VersionConfig:
 
 
 def _model(raw: Any, where: str) -> ModelConfig:
-    t = _table(raw, where, {"name", "routing_key", "versions"})
+    t = _table(raw, where, {"name", "routing_key", "versions", "keep_previous_s"})
     name = _str(t, "name", where)
     if "/" in name:
         raise ConfigError(f"{where}.name: must not contain '/', got {name!r}")
@@ -247,7 +248,8 @@ def _model(raw: Any, where: str) -> ModelConfig:
         seen.add(v.version)
     if not any(v.weight > 0 for v in versions):
         raise ConfigError(f"{where}.versions: at least one version needs weight > 0")
-    return ModelConfig(name=name, routing_key=rk.lower() if rk else None, versions=versions)
+    return ModelConfig(name=name, routing_key=rk.lower() if rk else None, versions=versions,
+                       keep_previous_s=_num(t, "keep_previous_s", where, 300.0, 0.0))
 
 
 def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:

@@ -35,6 +35,18 @@ class ReloadRefused(RouterError):
     status = 409
 
 
+class DeployFailed(RouterError):
+    """A standby pool failed to start or warm up; it was stopped and the active pool is untouched."""
+
+    status = 500
+
+
+class NoPreviousPool(RouterError):
+    """A rollback found no previous pool kept warm."""
+
+    status = 409
+
+
 class FrameError(RouterError, ValueError):
     """A length-prefixed frame or its msgpack envelope is malformed."""
 

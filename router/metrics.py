@@ -56,15 +56,25 @@ class Metrics:
         self.worker_up = Gauge(
             "router_worker_up",
             "1 when the worker process is live and serving.",
-            ["model", "version", "replica"],
+            ["model", "version", "replica", "pool"],
             registry=r,
         )
         self.worker_restarts = Counter(
             "router_worker_restarts",
             "Worker processes restarted after they died.",
-            ["model", "version", "replica"],
+            ["model", "version", "replica", "pool"],
             registry=r,
         )
+        self.active_pool = Gauge("router_active_pool", "1 for the model's active pool (blue or green).",
+                                 ["model", "pool"], registry=r)
+        self.previous_warm = Gauge("router_previous_pool_warm",
+                                   "1 while the model's previous pool is kept warm for a rollback.", ["model"],
+                                   registry=r)
+        self.deploys = Counter("router_deploys", "Blue-green deploys by result (ok, failed).", ["model", "result"],
+                               registry=r)
+        self.swap_seconds = Gauge("router_pool_swap_seconds",
+                                  "Duration of the model's last pool swap (standby ready -> active).", ["model"],
+                                  registry=r)
         self.reloads = Counter(
             "router_reloads",
             "Config reloads by result: ok (applied), invalid (the file did not validate), refused (it changes "

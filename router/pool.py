@@ -9,15 +9,16 @@ every replica state change, never per request.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import Callable
 from pathlib import Path
-from time import monotonic
+from time import monotonic, perf_counter
 
 from . import priority
 from .config import Config, ModelConfig, VersionConfig
-from .errors import ConfigError, NotFound, WorkerUnavailable
+from .errors import ConfigError, DeployFailed, NoPreviousPool, NotFound, WorkerUnavailable
 from .meta import MODEL_FILE, ModelMeta, read_meta
 from .metrics import Metrics
 from .shadow import ShadowTarget
@@ -63,9 +64,13 @@ class ModelRoute:
     get a copy, by routing key when there is one.
     """
 
-    def __init__(self, mc: ModelConfig, pools: dict[str, VersionPool], shadows: dict[str, ShadowTarget]) -> None:
+    def __init__(self, mc: ModelConfig, pools: dict[str, VersionPool], shadows: dict[str, ShadowTarget],
+                 pool: str = "blue") -> None:
         self.config = mc
         self.name = mc.name
+        #: "blue" or "green": which of the model's two worker pools this is.
+        self.pool = pool
+        self.replicas = [r for p in pools.values() for r in p.replicas]
         self.routing_key = mc.routing_key
         self.versions = pools
         self.shadows = shadows
@@ -140,11 +145,17 @@ def resolve_meta(store: Path, model: str, version: str, where: str) -> tuple[Pat
 
 
 class Pools:
-    """All models' pools: started together, dispatched to, stopped together.
+    """All models' worker pools: started, dispatched to, swapped (blue-green) and stopped.
+
+    Each model has an active pool (``models[name]``) and, for
+    ``models.keep_previous_s`` after a deploy, the previous one, warm for a
+    rollback. A deploy builds a standby pool, starts every worker in it, waits
+    for each warm-up, and only then makes it active with one assignment;
+    requests already sent finish on the pool that took them.
 
     Args:
         config: the validated configuration.
-        metrics: where worker up/down and restarts are counted.
+        metrics: where worker up/down, restarts and deploys are counted.
     """
 
     def __init__(self, config: Config, metrics: Metrics) -> None:
@@ -153,39 +164,69 @@ class Pools:
         self.timeout = config.server.request_timeout_ms / 1000
         self.max_inflight = config.server.max_inflight_per_worker
         self.models: dict[str, ModelRoute] = {}
-        self.replicas: list[Replica] = []
+        #: model -> the pool it replaced, kept warm for a rollback.
+        self.previous: dict[str, ModelRoute] = {}
+        self._routes: list[ModelRoute] = []  # every pool with workers: active, previous, standby
+        self._pool_of: dict[int, VersionPool] = {}
+        self._route_of: dict[int, ModelRoute] = {}
+        self._retire_timers: dict[str, asyncio.TimerHandle] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
         self.idle_shadows = config.server.shadow_priority == "idle" and priority.can_restore()
         if config.server.shadow_priority == "idle" and not self.idle_shadows:
             log.info("shadow workers run at normal CPU priority: moving a promoted shadow back out of "
                      "SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE >= 20")
-        max_frame = config.server.max_body_bytes + 4096
         for i, mc in enumerate(config.models):
-            pools = {}
-            for j, vc in enumerate(mc.versions):
-                where = f"models[{i}].versions[{j}]"
-                d, meta = resolve_meta(config.store_path, mc.name, vc.version, where)
-                reps = [
-                    Replica(mc.name, vc, k, d, max_frame, config.server.worker_start_timeout_s, self._on_state,
-                            config.server.shadow_flush_us / 1e6)
-                    for k in range(vc.replicas)
-                ]
-                self.replicas.extend(reps)
-                pools[vc.version] = VersionPool(mc.name, vc, meta, reps)
-            # Every version gets a target: any weight-0 version may become a shadow at runtime.
-            shadows = {v: ShadowTarget(mc.name, p, self.timeout, self.max_inflight, metrics) for v, p in pools.items()}
-            self.models[mc.name] = ModelRoute(mc, pools, shadows)
-        self._pool_of = {id(r): p for m in self.models.values() for p in m.versions.values() for r in p.replicas}
-        self._route_of = {id(r): self.models[r.model] for r in self.replicas}
+            route = self._build(mc, f"models[{i}]", "blue")
+            self.models[mc.name] = route
+            metrics.active_pool.labels(mc.name, "blue").set(1)
+            metrics.active_pool.labels(mc.name, "green").set(0)
+            metrics.previous_warm.labels(mc.name).set(0)
+
+    def _build(self, mc: ModelConfig, where: str, pool: str) -> ModelRoute:
+        """A pool of new (not yet started) workers for ``mc``.
+
+        Raises:
+            ConfigError: a version's model file or meta.json is missing or invalid.
+        """
+        config = self.config
+        max_frame = config.server.max_body_bytes + 4096
+        pools = {}
+        for j, vc in enumerate(mc.versions):
+            d, meta = resolve_meta(config.store_path, mc.name, vc.version, f"{where}.versions[{j}]")
+            reps = [
+                Replica(mc.name, vc, k, d, max_frame, config.server.worker_start_timeout_s, self._on_state,
+                        config.server.shadow_flush_us / 1e6)
+                for k in range(vc.replicas)
+            ]
+            pools[vc.version] = VersionPool(mc.name, vc, meta, reps)
+        # Every version gets a target: any weight-0 version may become a shadow at runtime.
+        shadows = {v: ShadowTarget(mc.name, p, self.timeout, self.max_inflight, self.metrics)
+                   for v, p in pools.items()}
+        route = ModelRoute(mc, pools, shadows, pool)
+        for p in pools.values():
+            for r in p.replicas:
+                self._pool_of[id(r)] = p
+                self._route_of[id(r)] = route
+        self._routes.append(route)
+        return route
+
+    @property
+    def replicas(self) -> list[Replica]:
+        """Every worker of every pool (active, previous, standby)."""
+        return [r for route in self._routes for r in route.replicas]
 
     def _on_state(self, replica: Replica) -> None:
         if replica.live and self.idle_shadows and replica.vc.shadow > 0 and replica.pid is not None:
             priority.set_idle(replica.pid, True)  # a new process starts at the router's (normal) policy
+        route = self._route_of.get(id(replica))
+        if route is None:  # its pool was stopped
+            return
         self._pool_of[id(replica)].refresh()
-        self._route_of[id(replica)].rebuild()
-        self.metrics.worker_up.labels(replica.model, replica.vc.version, str(replica.index)).set(
-            1 if replica.live else 0)
+        route.rebuild()
+        labels = (replica.model, replica.vc.version, str(replica.index), route.pool)
+        self.metrics.worker_up.labels(*labels).set(1 if replica.live else 0)
         if replica.restarts and replica.live:
-            self.metrics.worker_restarts.labels(replica.model, replica.vc.version, str(replica.index)).inc()
+            self.metrics.worker_restarts.labels(*labels).inc()
 
     @property
     def ready(self) -> bool:
@@ -208,11 +249,118 @@ class Pools:
             raise
 
     async def stop(self) -> None:
-        """Stop every worker (SIGTERM, then SIGKILL after a timeout)."""
-        results = await asyncio.gather(*(r.stop() for r in self.replicas), return_exceptions=True)
-        for r, res in zip(self.replicas, results, strict=True):
+        """Stop every worker of every pool (SIGTERM, then SIGKILL after a timeout)."""
+        for t in self._retire_timers.values():
+            t.cancel()
+        self._retire_timers.clear()
+        await self._stop_replicas(self.replicas)
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)
+
+    @staticmethod
+    async def _stop_replicas(replicas: list[Replica]) -> None:
+        results = await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
+        for r, res in zip(replicas, results, strict=True):
             if isinstance(res, BaseException):
                 log.error("%s: error while stopping: %r", r.name, res)
+
+    async def _stop_route(self, route: ModelRoute) -> None:
+        """Stop a pool that takes no new requests; its in-flight ones finish or fail first (bounded)."""
+        deadline = monotonic() + self.timeout
+        while any(r.outstanding for r in route.replicas) and monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self._stop_replicas(route.replicas)
+        if route in self._routes:
+            self._routes.remove(route)
+        for r in route.replicas:
+            self._pool_of.pop(id(r), None)
+            self._route_of.pop(id(r), None)
+            try:
+                self.metrics.worker_up.remove(r.model, r.vc.version, str(r.index), route.pool)
+            except KeyError:
+                pass
+
+    def _stop_later(self, route: ModelRoute) -> None:
+        task = asyncio.get_running_loop().create_task(self._stop_route(route), name=f"stop {route.name} {route.pool}")
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def deploy(self, mc: ModelConfig, where: str = "models") -> float:
+        """Blue-green: start ``mc`` in a standby pool, warm every worker, then make it active.
+
+        The model's current pool becomes the previous one, warm for a rollback
+        for ``keep_previous_s``. Returns the swap's duration in seconds.
+
+        Raises:
+            ConfigError: a version's model file or meta.json is missing or invalid.
+            DeployFailed: a worker of the standby pool failed to start or warm
+                up; the standby pool is stopped and the active one untouched.
+        """
+        old = self.models[mc.name]
+        standby = self._build(mc, where, "green" if old.pool == "blue" else "blue")
+        log.info("deploy %s: starting %d worker(s) in the %s pool", mc.name, len(standby.replicas), standby.pool)
+        futs = [r.start() for r in standby.replicas]
+        try:
+            await asyncio.gather(*futs)
+        except BaseException as exc:
+            for f in futs:
+                if f.done() and not f.cancelled():
+                    f.exception()
+            await self._stop_route(standby)
+            self.metrics.deploys.labels(mc.name, "failed").inc()
+            raise DeployFailed(f"deploy of {mc.name!r} aborted, the {old.pool} pool keeps serving: {exc}") from None
+        swap = self._activate(mc.name, standby)
+        self.metrics.deploys.labels(mc.name, "ok").inc()
+        return swap
+
+    def rollback(self, name: str) -> float:
+        """Make the previous pool of ``name`` active again; returns the swap's duration in seconds.
+
+        Raises:
+            NoPreviousPool: none is kept (never deployed, or kept past ``keep_previous_s``).
+        """
+        prev = self.previous.get(name)
+        if prev is None or not prev.ready:
+            raise NoPreviousPool(f"model {name!r} has no previous pool kept warm to roll back to")
+        del self.previous[name]
+        timer = self._retire_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        return self._activate(name, prev)
+
+    def _activate(self, name: str, route: ModelRoute) -> float:
+        old = self.models[name]
+        route.apply(route.config)  # fresh routing and mirror tables
+        t0 = perf_counter()
+        self.models[name] = route
+        swap = perf_counter() - t0
+        self.config = dataclasses.replace(self.config, models=tuple(
+            route.config if m.name == name else m for m in self.config.models))
+        m = self.metrics
+        m.swap_seconds.labels(name).set(swap)
+        m.active_pool.labels(name, route.pool).set(1)
+        m.active_pool.labels(name, old.pool).set(0)
+        keep = route.config.keep_previous_s
+        log.info("%s: the %s pool is active (swap %.1f us); the %s pool stays warm for %.0f s", name, route.pool,
+                 swap * 1e6, old.pool, keep)
+        stale = self.previous.pop(name, None)
+        if stale is not None and stale is not route:
+            self._stop_later(stale)
+        self.previous[name] = old
+        m.previous_warm.labels(name).set(1)
+        timer = self._retire_timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
+        self._retire_timers[name] = asyncio.get_running_loop().call_later(keep, self._retire, name)
+        return swap
+
+    def _retire(self, name: str) -> None:
+        self._retire_timers.pop(name, None)
+        old = self.previous.pop(name, None)
+        if old is not None:
+            log.info("%s: stopping the previous (%s) pool", name, old.pool)
+            self.metrics.previous_warm.labels(name).set(0)
+            self._stop_later(old)
 
     def apply_traffic(self, config: Config) -> None:
         """Apply ``config``'s weights and shadows (same models and versions) to the routing tables."""
@@ -231,7 +379,7 @@ class Pools:
     @property
     def shadow_outstanding(self) -> int:
         """Shadow copies sent to workers and not yet answered."""
-        return sum(t.outstanding for m in self.models.values() for t in m.shadows.values())
+        return sum(t.outstanding for m in self._routes for t in m.shadows.values())
 
     @property
     def in_flight(self) -> int:
@@ -239,7 +387,7 @@ class Pools:
         return sum(r.outstanding for r in self.replicas) - self.shadow_outstanding
 
     def stop_mirroring(self) -> None:
-        for m in self.models.values():
+        for m in self._routes:
             m.stop_mirroring()
 
     def expire(self, now: float) -> None:

@@ -2,12 +2,13 @@
 
 A reload re-reads the file, validates it exactly as at start-up, and compares it
 with the running configuration. Changes of traffic (weights, shadow fractions,
-shadow queues, routing keys) are applied with one table swap per model, no
-worker restarted. Anything that needs other workers (versions added or removed,
-a model file replaced, replicas, device, CPUs, threads, batching) needs a
-standby pool (blue-green deploy), and ``[server]`` / ``[store]`` / ``[admin]``
-settings need a restart: a reload that contains such a change is refused as a
-whole, naming each one, and nothing changes.
+shadow queues, routing keys, ``keep_previous_s``) are applied with one table
+swap per model, no worker restarted. A model whose workers must change
+(versions added or removed, a model file replaced, replicas, device, CPUs,
+threads, batching) is deployed blue-green. Models added or removed and
+``[server]`` / ``[store]`` / ``[admin]`` settings need a restart: a reload
+that contains such a change is refused as a whole, naming each one, and
+nothing changes.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ class Plan:
     live: tuple[str, ...] = ()
     #: Changes that cannot be applied by a reload; any of them refuses the whole reload.
     refused: tuple[str, ...] = field(default=())
+    #: Models to deploy blue-green, and why.
+    deploy: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def changed(self) -> bool:
@@ -76,25 +79,31 @@ def plan(running: Config, new: Config, digests: dict[tuple[str, str], str],
     old_models = {m.name: m for m in running.models}
     new_models = {m.name: m for m in new.models}
     for name in sorted(set(old_models) - set(new_models)):
-        refused.append(f"model {name!r} removed: needs a deploy")
+        refused.append(f"model {name!r} removed: needs a restart")
     for name in sorted(set(new_models) - set(old_models)):
-        refused.append(f"model {name!r} added: needs a deploy")
-    for name in old_models.keys() & new_models.keys():
-        _model(old_models[name], new_models[name], digests, running_digests, live, refused)
-    return Plan(new, tuple(live), tuple(refused))
+        refused.append(f"model {name!r} added: needs a restart")
+    deploy: dict[str, tuple[str, ...]] = {}
+    for name in sorted(old_models.keys() & new_models.keys()):
+        why: list[str] = []
+        _model(old_models[name], new_models[name], digests, running_digests, live, why)
+        if why:
+            deploy[name] = tuple(why)
+    return Plan(new, tuple(live), tuple(refused), deploy)
 
 
 def _model(old: ModelConfig, new: ModelConfig, digests: dict[tuple[str, str], str],
-           running_digests: dict[tuple[str, str], str], live: list[str], refused: list[str]) -> None:
+           running_digests: dict[tuple[str, str], str], live: list[str], deploy: list[str]) -> None:
     name = old.name
     if old.routing_key != new.routing_key:
         live.append(f"{name}: routing_key {old.routing_key!r} -> {new.routing_key!r}")
+    if old.keep_previous_s != new.keep_previous_s:
+        live.append(f"{name}: keep_previous_s {old.keep_previous_s:g} -> {new.keep_previous_s:g}")
     old_v = {v.version: v for v in old.versions}
     new_v = {v.version: v for v in new.versions}
-    for v in old_v.keys() - new_v.keys():
-        refused.append(f"{name}: version {v!r} removed: needs a deploy")
-    for v in new_v.keys() - old_v.keys():
-        refused.append(f"{name}: version {v!r} added: needs a deploy")
+    for v in sorted(old_v.keys() - new_v.keys()):
+        deploy.append(f"{name}: version {v!r} removed")
+    for v in sorted(new_v.keys() - old_v.keys()):
+        deploy.append(f"{name}: version {v!r} added")
     for v in sorted(old_v.keys() & new_v.keys()):
         a, b = old_v[v], new_v[v]
         for f in dataclasses.fields(VersionConfig):
@@ -104,6 +113,6 @@ def _model(old: ModelConfig, new: ModelConfig, digests: dict[tuple[str, str], st
             if f.name in TRAFFIC_KEYS:
                 live.append(f"{name}/{v}: {f.name} {x:g} -> {y:g}")
             else:
-                refused.append(f"{name}/{v}: {f.name} {x!r} -> {y!r}: needs a deploy")
+                deploy.append(f"{name}/{v}: {f.name} {x!r} -> {y!r}")
         if digests.get((name, v)) != running_digests.get((name, v)):
-            refused.append(f"{name}/{v}: model file replaced (sha256 changed): needs a deploy")
+            deploy.append(f"{name}/{v}: model file replaced (sha256 changed)")

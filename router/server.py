@@ -8,6 +8,7 @@ sequence: readiness turns 503, listeners close, in-flight requests finish
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -17,7 +18,7 @@ from aiohttp import web
 from . import reload
 from .app import make_app
 from .config import Config
-from .errors import ConfigError, ReloadRefused
+from .errors import ConfigError, DeployFailed, ReloadRefused
 from .metrics import Metrics
 from .pool import Pools
 from .wire import WireProtocol
@@ -52,16 +53,18 @@ class Server:
         self._sweeper: asyncio.Task[None] | None = None
 
     def set_config(self, config: Config) -> None:
-        """Adopt a configuration that differs only in traffic (weights, shadows)."""
+        """Adopt a configuration whose workers are already the running ones (traffic changes only)."""
         self.pools.apply_traffic(config)
         self.config = config
 
     async def reload(self) -> reload.Plan:
-        """Re-read the config file and apply what changed (traffic only, for now).
+        """Re-read the config file and apply what changed: traffic live, workers blue-green.
 
         Raises:
             ConfigError: the file is invalid (the message names the key path); nothing changed.
-            ReloadRefused: it changes what needs a deploy or a restart; nothing changed.
+            ReloadRefused: it changes what needs a restart; nothing changed.
+            DeployFailed: a model's standby pool failed; that model keeps its
+                active pool, every other change was applied.
         """
         async with self.change_lock:
             source = self.config.source
@@ -81,16 +84,44 @@ class Server:
                 self.metrics.reloads.labels("refused").inc()
                 log.error("reload of %s refused, nothing changed: %s", source, "; ".join(p.refused))
                 raise ReloadRefused("; ".join(p.refused))
+            failed: list[str] = []
+            for i, mc in enumerate(new.models):
+                if mc.name in p.deploy:
+                    log.info("reload: deploying %s (%s)", mc.name, "; ".join(p.deploy[mc.name]))
+                    try:
+                        await self.pools.deploy(mc, f"models[{i}]")
+                    except (ConfigError, DeployFailed) as exc:
+                        log.error("reload: %s", exc)
+                        failed.append(str(exc))
+            if failed:  # those models keep what they run
+                keep = {m.name: m for m in self.config.models}
+                new = dataclasses.replace(new, models=tuple(
+                    keep[m.name] if m.name in p.deploy and self.pools.models[m.name].config != m else m
+                    for m in new.models))
             self.set_config(new)
-            self.metrics.reloads.labels("ok").inc()
-            log.info("reloaded %s: %s", source, "; ".join(p.live) if p.live else "no change")
+            self.metrics.reloads.labels("failed" if failed else "ok").inc()
+            log.info("reloaded %s: %s", source, "; ".join([*p.live, *(f"deployed {m}" for m in p.deploy)])
+                     if p.live or p.deploy else "no change")
+            if failed:
+                raise DeployFailed("; ".join(failed))
             return p
+
+    async def rollback(self, model: str) -> float:
+        """Make the model's previous pool active again; returns the swap's duration in seconds.
+
+        Raises:
+            NoPreviousPool: none is kept warm.
+        """
+        async with self.change_lock:
+            swap = self.pools.rollback(model)
+            self.config = self.pools.config
+            return swap
 
     def _reload_on_signal(self) -> None:
         async def run() -> None:
             try:
                 await self.reload()
-            except (ConfigError, ReloadRefused):
+            except (ConfigError, ReloadRefused, DeployFailed):
                 pass  # logged and counted by reload()
 
         asyncio.get_running_loop().create_task(run(), name="reload on SIGHUP")

@@ -226,7 +226,7 @@ def test_metrics_carry_model_version_protocol_status(shared_daemon):
     assert bad and int(float(bad.group(1))) >= 1
     assert 'le="2.5e-05"' in text and 'le="10.0"' in text
     assert 'router_requests_in_flight{model="fraud",protocol="http"}' in text
-    assert 'router_worker_up{model="fraud",replica="0",version="1"} 1.0' in text
+    assert 'router_worker_up{model="fraud",pool="blue",replica="0",version="1"} 1.0' in text
 
 
 def test_optimize_false_serves_the_module_exactly_as_saved(start_daemon, store):

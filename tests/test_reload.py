@@ -1,5 +1,7 @@
-"""Config reload (SIGHUP, POST /admin/reload, `router reload`): traffic changes applied live under
-load with zero failed requests; invalid files and changes that need a deploy change nothing."""
+"""Config reload (SIGHUP, POST /admin/reload, `router reload`) and blue-green deploys, under
+continuous load with zero failed requests: traffic changes applied live, worker changes deployed to a
+standby pool and swapped in, rollback to the pool kept warm; invalid files, changes that need a
+restart and deploys that fail change nothing."""
 
 from __future__ import annotations
 
@@ -14,18 +16,25 @@ import urllib.error
 import urllib.request
 from collections import Counter
 
-from conftest import FRAUD, ROOT, Daemon, children_of, free_port, write_config
+from conftest import ROOT, Daemon, children_of, free_port, write_config
 from test_shadow import metric, scrape, wait_for
 
 BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
                                "data": [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]}]}).encode()
 
 
+MLP_BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                   "data": [0.5, -0.25, 1.0, 2.0]}]}).encode()
+
+
 class Load:
     """A client sending requests the whole time, counting every status and answering version."""
 
-    def __init__(self, d) -> None:
+    def __init__(self, d, model: str = "fraud") -> None:
         self.d = d
+        self.model = model
+        self.body = BODY if model == "fraud" else MLP_BODY
+        self.outputs: list[list[float]] = []
         self.statuses: Counter[int] = Counter()
         self.versions: Counter[str] = Counter()
         self._stop = threading.Event()
@@ -33,10 +42,12 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            status, _, raw = self.d.post("/v2/models/fraud/infer", BODY)
+            status, _, raw = self.d.post(f"/v2/models/{self.model}/infer", self.body)
             self.statuses[status] += 1
             if status == 200:
-                self.versions[json.loads(raw)["model_version"]] += 1
+                reply = json.loads(raw)
+                self.versions[reply["model_version"]] += 1
+                self.outputs.append(reply["outputs"][0]["data"])
 
     def __enter__(self) -> Load:
         self._thread.start()
@@ -48,6 +59,7 @@ class Load:
 
     def mark(self) -> None:
         self.versions.clear()
+        self.outputs.clear()
 
 
 def post_reload(d) -> tuple[int, dict]:
@@ -79,6 +91,8 @@ def test_sighup_applies_a_weights_only_change_under_load_with_zero_failures(star
         d.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: reloads(d)["ok"] == 1 or None)
         assert traffic(d)["weights"] == {"1": 0, "2": 10} and traffic(d)["live"] == ["2"]
+        load.mark()  # the one request in flight during the swap may still be answered by the old table
+        wait_for(lambda: sum(load.versions.values()) >= 1 or None)
         load.mark()
         wait_for(lambda: sum(load.versions.values()) >= 30 or None)
         assert set(load.versions) == {"2"}  # after the swap, only the new table answers
@@ -92,7 +106,7 @@ def test_sighup_applies_a_weights_only_change_under_load_with_zero_failures(star
     assert "reloaded" in d.log and "fraud/1: weight 90 -> 0" in d.log
 
 
-def test_invalid_files_and_deploy_changes_are_refused_and_change_nothing(start_daemon):
+def test_invalid_files_and_restart_changes_are_refused_and_change_nothing(start_daemon):
     d = start_daemon()
     good = d.config.read_text()
     before = traffic(d)
@@ -101,8 +115,6 @@ def test_invalid_files_and_deploy_changes_are_refused_and_change_nothing(start_d
         (good.replace("weight = 90", "weight = -1"), 400,
          "models[0].versions[0].weight: must be >= 0"),
         (good + '\n[[models.versions]]\nversion = "9"\n', 400, "models[0].versions[2]"),
-        (good.replace("max_batch_size = 32", "max_batch_size = 8", 1), 409,
-         "fraud/1: max_batch_size 32 -> 8: needs a deploy"),
         (good.replace("[server]", "[server]\nmax_body_bytes = 4096", 1), 409, "[server] changed: needs a restart"),
     ]
     with Load(d) as load:
@@ -112,26 +124,115 @@ def test_invalid_files_and_deploy_changes_are_refused_and_change_nothing(start_d
             assert (code, words in res["error"], "nothing changed" in res["error"]) == (status, True, True), res
             assert traffic(d) == before
         d.config.write_text(good)
-        assert post_reload(d) == (200, {"reloaded": str(d.config), "changes": []})
+        assert post_reload(d) == (200, {"reloaded": str(d.config), "changes": [], "deployed": {}})
     assert set(load.statuses) == {200}, load.statuses
-    assert reloads(d) == {"ok": 1, "invalid": 3, "refused": 2}
+    assert reloads(d) == {"ok": 1, "invalid": 3, "refused": 1}
     assert f"reload: {d.config}: models[0].versions[0].weight: must be >= 0.0, got -1; nothing changed" in d.log
 
 
-def test_a_replaced_model_file_needs_a_deploy(store, tmp_path):
+def models_info(d, name: str = "fraud") -> dict:
+    return next(m for m in json.loads(d.get("/admin/models")[1])["models"] if m["model"] == name)
+
+
+def pids_of(info: dict) -> set[int]:
+    return {w["pid"] for v in info["versions"] for w in v["workers"]}
+
+
+def rollback(d, model: str = "fraud") -> tuple[int, dict]:
+    req = urllib.request.Request(f"{d.url}/admin/models/{model}/rollback", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_a_worker_change_deploys_blue_green_and_rolls_back_under_load(start_daemon):
+    d = start_daemon()
+    good = d.config.read_text()
+    blue = models_info(d)
+    assert blue["pool"] == "blue" and blue["previous"] is None
+    with Load(d) as load:
+        wait_for(lambda: load.statuses[200] >= 20 or None)
+        d.config.write_text(good.replace("max_batch_size = 32", "max_batch_size = 8", 1))
+        status, res = post_reload(d)
+        assert status == 200 and res["deployed"] == {"fraud": ["fraud/1: max_batch_size 32 -> 8"]}
+        green = models_info(d)
+        assert green["pool"] == "green" and green["previous"] == {"pool": "blue", "versions": ["1", "2"]}
+        assert not pids_of(green) & pids_of(blue)
+        assert all(pid in children_of(d.proc.pid) for pid in pids_of(blue))  # kept warm
+        load.mark()
+        wait_for(lambda: sum(load.versions.values()) >= 30 or None)
+        status, res = rollback(d)
+        assert status == 200 and res["active"] == "blue" and res["swap_us"] < 1000
+        assert pids_of(models_info(d)) == pids_of(blue) and models_info(d)["previous"]["pool"] == "green"
+        load.mark()
+        wait_for(lambda: sum(load.versions.values()) >= 30 or None)
+    assert set(load.statuses) == {200}, load.statuses
+    s = scrape(d)
+    assert metric(s, "router_deploys_total", model="fraud", result="ok") == 1
+    assert metric(s, "router_active_pool", model="fraud", pool="blue") == 1
+    assert metric(s, "router_active_pool", model="fraud", pool="green") == 0
+    assert metric(s, "router_previous_pool_warm", model="fraud") == 1
+    assert 0 < metric(s, "router_pool_swap_seconds", model="fraud") < 1e-3
+
+
+def test_a_deploy_that_adds_a_version_under_load(start_daemon):
+    d = start_daemon(models=[{"name": "mlp-small", "keep_previous_s": 0.5,
+                              "versions": [{"version": "1", "weight": 1}]}])
+    old = pids_of(models_info(d, "mlp-small"))
+    with Load(d, "mlp-small") as load:
+        wait_for(lambda: load.statuses[200] >= 20 or None)
+        d.config.write_text(d.config.read_text() + '[[models.versions]]\nversion = "2"\nweight = 1\n')
+        status, res = post_reload(d)
+        assert status == 200 and res["deployed"] == {"mlp-small": ["mlp-small: version '2' added"]}
+        load.mark()
+        wait_for(lambda: load.versions["2"] >= 10 and load.versions["1"] >= 10 or None)
+        assert set(load.versions) == {"1", "2"}
+        # keep_previous_s = 0.5: the old pool stops, and there is nothing left to roll back to.
+        wait_for(lambda: not (set(children_of(d.proc.pid)) & old) or None)
+        assert rollback(d, "mlp-small")[0] == 409
+    assert set(load.statuses) == {200}, load.statuses
+
+
+def test_a_replaced_model_file_is_deployed_and_a_broken_one_changes_nothing(store, tmp_path):
     local = tmp_path / "store"
-    shutil.copytree(store / "fraud", local / "fraud")
-    cfg = write_config(tmp_path / "config.toml", local, [FRAUD])
+    shutil.copytree(store / "mlp-small" / "1", local / "mlp-small" / "1")
+    cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}])
     d = Daemon(cfg, free_port(), free_port(), dict(os.environ))
     try:
         d.wait_ready()
-        meta = local / "fraud" / "2" / "meta.json"
-        raw = json.loads(meta.read_text())
-        raw["sha256"] = json.loads((local / "fraud" / "1" / "meta.json").read_text())["sha256"]
-        meta.write_text(json.dumps(raw))
-        code, res = post_reload(d)
-        assert code == 409 and "fraud/2: model file replaced (sha256 changed): needs a deploy" in res["error"]
-        assert d.post("/v2/models/fraud/versions/2/infer", BODY)[0] == 200
+        with Load(d, "mlp-small") as load:
+            wait_for(lambda: load.statuses[200] >= 20 or None)
+            before = load.outputs[-1]
+            # A new file for version 1 (other weights): same signature, other answers.
+            for f in ("model.pt", "meta.json"):
+                shutil.copy(store / "mlp-small" / "2" / f, local / "mlp-small" / "1" / f)
+            status, res = post_reload(d)
+            assert status == 200 and res["deployed"] == {
+                "mlp-small": ["mlp-small/1: model file replaced (sha256 changed)"]}
+            load.mark()  # the one request in flight during the swap may still be answered by the old pool
+            wait_for(lambda: len(load.outputs) >= 1 or None)
+            load.mark()
+            wait_for(lambda: len(load.outputs) >= 20 or None)
+            assert all(out != before for out in load.outputs)
+            # A corrupt file: the standby pool cannot load it, the deploy is aborted.
+            (local / "mlp-small" / "1" / "model.pt").write_bytes(b"not a TorchScript archive")
+            meta = json.loads((local / "mlp-small" / "1" / "meta.json").read_text())
+            meta["sha256"] = "0" * 64
+            (local / "mlp-small" / "1" / "meta.json").write_text(json.dumps(meta))
+            active = models_info(d, "mlp-small")
+            status, res = post_reload(d)
+            assert status == 500 and "deploy of 'mlp-small' aborted" in res["error"]
+            assert models_info(d, "mlp-small")["pool"] == active["pool"]
+            assert pids_of(models_info(d, "mlp-small")) == pids_of(active)
+            load.mark()
+            wait_for(lambda: len(load.outputs) >= 20 or None)
+        assert set(load.statuses) == {200}, load.statuses
+        s = scrape(d)
+        assert metric(s, "router_deploys_total", result="failed") == 1
+        assert metric(s, "router_reloads_total", result="failed") == 1
+        assert metric(s, "router_reloads_total", result="ok") == 1
     finally:
         assert d.stop() == 0
 
@@ -152,3 +253,22 @@ def test_cli_reload_and_a_broken_file_on_sighup(start_daemon):
     out = subprocess.run([sys.executable, "-m", "router", "reload", "--url", d.url], cwd=ROOT,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 1 and "400" in out.stderr and "nothing changed" in out.stderr
+
+
+def test_cli_deploy_by_reload_rollback_and_status(start_daemon):
+    d = start_daemon()
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "router", *args, "--url", d.url], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+
+    out = cli("rollback", "fraud")
+    assert out.returncode == 1 and "409" in out.stderr and "no previous pool" in out.stderr
+    d.config.write_text(d.config.read_text().replace("max_batch_size = 32", "max_batch_size = 16"))
+    out = cli("reload")
+    assert out.returncode == 0 and "deployed fraud (fraud/1: max_batch_size 32 -> 16; fraud/2:" in out.stdout
+    out = cli("status")
+    assert "green pool active, blue pool warm for rollback" in out.stdout
+    out = cli("rollback", "fraud")
+    assert out.returncode == 0 and "fraud: the blue pool is active again (versions 1, 2;" in out.stdout
+    assert "blue pool active, green pool warm for rollback" in cli("status").stdout

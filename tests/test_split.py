@@ -196,7 +196,7 @@ def test_weight_zero_is_never_chosen():
     from router.pool import ModelRoute
 
     pools = {
-        v: SimpleNamespace(version=v, live=True, vc=SimpleNamespace(weight=w, shadow=s))
+        v: SimpleNamespace(version=v, live=True, vc=SimpleNamespace(weight=w, shadow=s), replicas=[])
         for v, w, s in (("1", 1.0, 0.0), ("dark", 0.0, 0.0), ("2", 1.0, 0.0), ("shadow", 0.0, 0.5))
     }
     route = ModelRoute(SimpleNamespace(name="m", routing_key=None), pools, {})  # type: ignore[arg-type]

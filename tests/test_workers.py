@@ -102,7 +102,7 @@ def test_sigkill_of_a_worker_under_load_gives_503s_never_a_hang_and_it_comes_bac
     assert all("worker" in e or "no live worker" in e for e in errors), set(errors)
     assert "restarting" in d.log
     _, metrics = d.get("/metrics")
-    assert 'router_worker_restarts_total{model="fraud",replica="0",version="1"} 1.0' in metrics.decode()
+    assert 'router_worker_restarts_total{model="fraud",pool="blue",replica="0",version="1"} 1.0' in metrics.decode()
 
 
 def test_deadline_gives_504_and_the_late_reply_is_dropped(start_daemon):
