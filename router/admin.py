@@ -218,6 +218,27 @@ class AdminHandlers:
         return web.json_response({"reloaded": str(self.server.config.source), "changes": list(plan.live),
                                   "deployed": {m: list(why) for m, why in plan.deploy.items()}})
 
+    async def deploy(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        if name not in self.server.pools.models:
+            return _error(404, f"unknown model {name!r}")
+        try:
+            body = json.loads(await request.read())
+        except ValueError as exc:
+            return _error(400, f"malformed JSON: {exc}")
+        if not isinstance(body, dict) or set(body) != {"versions"} or not isinstance(body["versions"], list):
+            return _error(400, 'body must be a JSON object like {"versions": [{"version": "3", "weight": 100}]} '
+                               "(the model's whole new version set, keys as in config.toml)")
+        try:
+            swap = await self.server.deploy(name, body["versions"])
+        except ConfigError as exc:
+            return _error(400, f"{exc}; nothing changed")
+        except DeployFailed as exc:
+            return _error(exc.status, str(exc))
+        route = self.server.pools.models[name]
+        return web.json_response({"model": name, "active": route.pool, "swap_us": round(swap * 1e6, 1),
+                                  "versions": [v.version for v in route.config.versions]})
+
     async def rollback(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         if name not in self.server.pools.models:
@@ -281,4 +302,5 @@ def make_admin_app(server: Server) -> web.Application:
     app.router.add_put("/models/{model}/traffic", h.put_traffic)
     app.router.add_post("/reload", h.reload)
     app.router.add_post("/models/{model}/rollback", h.rollback)
+    app.router.add_post("/models/{model}/deploy", h.deploy)
     return app

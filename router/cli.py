@@ -1,7 +1,7 @@
-"""``router``: the command line (serve, demo-models, traffic, shadow, reload, rollback, status).
+"""``router``: the command line (serve, demo-models, traffic, shadow, reload, deploy, rollback, status).
 
-``traffic``, ``shadow``, ``reload``, ``rollback`` and ``status`` call the admin API; they send ``ROUTER_ADMIN_TOKEN``
-as a bearer token when it is set.
+Every command but ``serve`` and ``demo-models`` calls the admin API, sending
+``ROUTER_ADMIN_TOKEN`` as a bearer token when it is set.
 """
 
 from __future__ import annotations
@@ -177,6 +177,26 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import json
+
+    try:
+        text = sys.stdin.read() if args.versions == "-" else open(args.versions).read()
+        doc = json.loads(text)
+    except (OSError, ValueError) as exc:
+        log.error("cannot read the version set from %s: %s", args.versions, exc)
+        return 2
+    versions = doc["versions"] if isinstance(doc, dict) and "versions" in doc else doc
+    try:
+        res = _admin_call(args, "POST", f"/admin/models/{args.model}/deploy", {"versions": versions})
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(f"{res['model']}: deployed versions {', '.join(res['versions'])}; the {res['active']} pool is active "
+          f"(swap {res['swap_us']} us)")
+    return 0
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     try:
         res = _admin_call(args, "POST", f"/admin/models/{args.model}/rollback", {})
@@ -233,11 +253,16 @@ def build_parser() -> argparse.ArgumentParser:
                               ("shadow", cmd_shadow, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),
                               ("reload", cmd_reload, "re-read the daemon's config file and apply what changed"),
+                              ("deploy", cmd_deploy, "deploy a new version set of a model, blue-green"),
                               ("rollback", cmd_rollback, "make a model's previous (warm) pool active again"),
                               ("status", cmd_status, "show models, versions, weights and workers")):
         c = sub.add_parser(name, help=help_)
         if name == "rollback":
             c.add_argument("model")
+        if name == "deploy":
+            c.add_argument("model")
+            c.add_argument("versions", metavar="FILE",
+                           help='JSON list of versions (keys as in config.toml), or {"versions": [...]}; - for stdin')
         if name == "traffic":
             c.add_argument("model")
             c.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT", help="e.g. 1=80 2=20; none: show")

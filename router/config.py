@@ -8,6 +8,7 @@ typo never silently falls back to a default. The key names are a contract
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -61,6 +62,16 @@ class VersionConfig:
     @property
     def effective_threads(self) -> int:
         return self.threads or max(1, len(self.cpus))
+
+    def to_table(self) -> dict[str, Any]:
+        """The ``[[models.versions]]`` keys that reproduce this version: ``version``, ``weight`` and
+        every other key that differs from its default."""
+        out: dict[str, Any] = {"version": self.version, "weight": self.weight}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in out and value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +261,15 @@ def _model(raw: Any, where: str) -> ModelConfig:
         raise ConfigError(f"{where}.versions: at least one version needs weight > 0")
     return ModelConfig(name=name, routing_key=rk.lower() if rk else None, versions=versions,
                        keep_previous_s=_num(t, "keep_previous_s", where, 300.0, 0.0))
+
+
+def parse_model(raw: Any, where: str) -> ModelConfig:
+    """Validate one ``[[models]]`` table (a deploy's new version set); errors start with ``where``.
+
+    Raises:
+        ConfigError: naming the key path and the reason.
+    """
+    return _model(raw, where)
 
 
 def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 
@@ -38,14 +39,7 @@ def write_traffic(path: Path, model: str, weights: Mapping[str, float],
         ConfigError: the file no longer parses, does not list the model or a
             version, or would become invalid; the file is left untouched.
     """
-    text = path.read_text()
-    try:
-        doc = tomlkit.parse(text)
-    except Exception as exc:
-        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
-    table = next((m for m in doc.get("models", []) if m.get("name") == model), None)
-    if table is None:
-        raise ConfigError(f"{path}: no [[models]] entry named {model!r}")
+    doc, table = _model_table(path, model)
     shadows = shadows or {}
     for version in {**weights, **shadows}:
         vt = next((v for v in table.get("versions", []) if str(v.get("version")) == version), None)
@@ -60,10 +54,54 @@ def write_traffic(path: Path, model: str, weights: Mapping[str, float],
                 vt["weight"] = 0
     new = tomlkit.dumps(doc)
     config = parse_config(tomlkit.parse(new).unwrap(), path)
+    replace_text(path, new)
+    return config
+
+
+def _model_table(path: Path, model: str) -> tuple[tomlkit.TOMLDocument, Any]:
+    try:
+        doc = tomlkit.parse(path.read_text())
+    except Exception as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    table = next((m for m in doc.get("models", []) if m.get("name") == model), None)
+    if table is None:
+        raise ConfigError(f"{path}: no [[models]] entry named {model!r}")
+    return doc, table
+
+
+def write_versions(path: Path, model: str, versions: list[dict[str, Any]]) -> Config:
+    """Replace the ``[[models.versions]]`` of ``model`` in the file at ``path`` (a deploy).
+
+    Comments and layout elsewhere in the file are kept; the replaced versions
+    are written as given.
+
+    Returns:
+        The configuration parsed from the new text.
+
+    Raises:
+        ConfigError: the file no longer parses, does not list the model, or
+            would become invalid; the file is left untouched.
+    """
+    doc, table = _model_table(path, model)
+    aot = tomlkit.aot()
+    for v in versions:
+        t = tomlkit.table()
+        for k, val in v.items():
+            t[k] = plain_number(val) if isinstance(val, float) else val
+        aot.append(t)
+    table["versions"] = aot
+    new = tomlkit.dumps(doc)
+    config = parse_config(tomlkit.parse(new).unwrap(), path)
+    replace_text(path, new)
+    return config
+
+
+def replace_text(path: Path, text: str) -> None:
+    """Replace the file's contents atomically (temp file, fsync, ``os.replace``), keeping its mode."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            f.write(new)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, os.stat(path).st_mode & 0o7777)
@@ -74,4 +112,3 @@ def write_traffic(path: Path, model: str, weights: Mapping[str, float],
         except FileNotFoundError:
             pass
         raise
-    return config

@@ -12,12 +12,13 @@ import dataclasses
 import logging
 import signal
 import time
+from typing import Any
 
 from aiohttp import web
 
-from . import reload
+from . import configfile, reload
 from .app import make_app
-from .config import Config
+from .config import Config, parse_model
 from .errors import ConfigError, DeployFailed, ReloadRefused
 from .metrics import Metrics
 from .pool import Pools
@@ -106,6 +107,38 @@ class Server:
                 raise DeployFailed("; ".join(failed))
             return p
 
+    async def deploy(self, model: str, versions: list[Any]) -> float:
+        """Deploy a new version set of ``model`` blue-green and write it into the config file.
+
+        The file is written first and put back if the deploy fails, so it always
+        says what serves. Returns the swap's duration in seconds.
+
+        Raises:
+            ConfigError: the versions are invalid, a model file is missing, or the
+                file cannot take them; nothing changed.
+            DeployFailed: the standby pool failed; nothing changed.
+        """
+        async with self.change_lock:
+            old = self.pools.models[model].config
+            raw: dict[str, Any] = {"name": model, "versions": versions, "keep_previous_s": old.keep_previous_s}
+            if old.routing_key is not None:
+                raw["routing_key"] = old.routing_key
+            mc = parse_model(raw, "deploy")
+            loop = asyncio.get_running_loop()
+            source = self.config.source
+            before = None
+            if source is not None:
+                before = await loop.run_in_executor(None, source.read_text)
+                await loop.run_in_executor(None, configfile.write_versions, source, model, versions)
+            try:
+                swap = await self.pools.deploy(mc, "deploy")
+            except BaseException:
+                if source is not None and before is not None:
+                    await loop.run_in_executor(None, configfile.replace_text, source, before)
+                raise
+            self.config = self.pools.config
+            return swap
+
     async def rollback(self, model: str) -> float:
         """Make the model's previous pool active again; returns the swap's duration in seconds.
 
@@ -115,6 +148,14 @@ class Server:
         async with self.change_lock:
             swap = self.pools.rollback(model)
             self.config = self.pools.config
+            source = self.config.source
+            if source is not None:  # the file says what serves
+                versions = [v.to_table() for v in self.pools.models[model].config.versions]
+                try:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, configfile.write_versions, source, model, versions)
+                except (ConfigError, OSError) as exc:
+                    log.error("rolled back %s, but %s was not updated: %s", model, source, exc)
             return swap
 
     def _reload_on_signal(self) -> None:

@@ -272,3 +272,54 @@ def test_cli_deploy_by_reload_rollback_and_status(start_daemon):
     out = cli("rollback", "fraud")
     assert out.returncode == 0 and "fraud: the blue pool is active again (versions 1, 2;" in out.stdout
     assert "blue pool active, green pool warm for rollback" in cli("status").stdout
+
+
+def deploy(d, model: str, versions) -> tuple[int, dict]:
+    req = urllib.request.Request(f"{d.url}/admin/models/{model}/deploy", data=json.dumps(versions).encode(),
+                                 method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_deploy_api_swaps_under_load_writes_back_and_a_failed_one_changes_nothing(start_daemon, tmp_path):
+    from router.config import load_config
+
+    d = start_daemon(models=[{"name": "mlp-small", "versions": [{"version": "1", "weight": 1}]}])
+    d.config.write_text("# ops notes: keep this\n" + d.config.read_text())
+    with Load(d, "mlp-small") as load:
+        wait_for(lambda: load.statuses[200] >= 20 or None)
+        status, res = deploy(d, "mlp-small", {"versions": [{"version": "1", "weight": 1},
+                                                           {"version": "2", "weight": 3, "max_batch_size": 8}]})
+        assert status == 200 and res["versions"] == ["1", "2"] and res["active"] == "green"
+        load.mark()
+        wait_for(lambda: load.versions["2"] >= 20 or None)
+        text = d.config.read_text()
+        assert text.startswith("# ops notes: keep this\n")
+        mc = load_config(d.config).model("mlp-small")
+        assert [(v.version, v.weight, v.max_batch_size) for v in mc.versions] == [("1", 1, 32), ("2", 3, 8)]
+        for body, code, words in [
+            ({"versions": [{"version": "9"}]}, 400, "no model file"),
+            ({"versions": [{"version": "1", "weight": -1}]}, 400, "deploy.versions[0].weight: must be >= 0"),
+            ({"versions": [{"version": "1", "weight": 0}]}, 400, "at least one version needs weight > 0"),
+            ({"version": "1"}, 400, "body must be a JSON object like"),
+        ]:
+            status, res = deploy(d, "mlp-small", body)
+            assert status == code and words in res["error"], res
+            assert d.config.read_text() == text  # the file still says what serves
+        assert models_info(d, "mlp-small")["pool"] == "green"
+        assert rollback(d, "mlp-small")[1]["versions"] == ["1"]
+        # The rollback is written back too: the file says what serves, so a reload changes nothing.
+        assert [v.version for v in load_config(d.config).model("mlp-small").versions] == ["1"]
+        assert d.config.read_text().startswith("# ops notes: keep this\n")
+        assert post_reload(d)[1]["deployed"] == {}
+    assert set(load.statuses) == {200}, load.statuses
+    versions_file = tmp_path / "versions.json"
+    versions_file.write_text(json.dumps([{"version": "copy", "weight": 1}]))
+    out = subprocess.run([sys.executable, "-m", "router", "deploy", "mlp-small", str(versions_file), "--url", d.url],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "mlp-small: deployed versions copy; the green pool is active" in out.stdout, out
+    assert [v.version for v in load_config(d.config).model("mlp-small").versions] == ["copy"]
+    assert deploy(d, "nope", {"versions": []})[0] == 404
