@@ -323,3 +323,30 @@ def test_deploy_api_swaps_under_load_writes_back_and_a_failed_one_changes_nothin
     assert out.returncode == 0 and "mlp-small: deployed versions copy; the green pool is active" in out.stdout, out
     assert [v.version for v in load_config(d.config).model("mlp-small").versions] == ["copy"]
     assert deploy(d, "nope", {"versions": []})[0] == 404
+
+
+def test_a_model_that_raises_on_warm_up_aborts_the_deploy(store, tmp_path):
+    local = tmp_path / "store"
+    shutil.copytree(store / "mlp-small" / "1", local / "mlp-small" / "1")
+    shutil.copytree(store / "mlp-small" / "faulty", local / "mlp-small" / "bad")
+    meta = json.loads((local / "mlp-small" / "bad" / "meta.json").read_text())
+    meta["example"] = {"x": [[5000.0, 0.0, 0.0, 0.0]]}  # beyond +-1000: the model raises on it
+    (local / "mlp-small" / "bad" / "meta.json").write_text(json.dumps(meta))
+    cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}])
+    d = Daemon(cfg, free_port(), free_port(), dict(os.environ))
+    try:
+        d.wait_ready()
+        before = cfg.read_text()
+        with Load(d, "mlp-small") as load:
+            wait_for(lambda: load.statuses[200] >= 20 or None)
+            active = models_info(d, "mlp-small")
+            status, res = deploy(d, "mlp-small", {"versions": [{"version": "1"}, {"version": "bad", "weight": 1}]})
+            assert status == 500 and "warm-up failed" in res["error"] and "input beyond +-1000" in res["error"]
+            assert pids_of(models_info(d, "mlp-small")) == pids_of(active)
+            load.mark()
+            wait_for(lambda: load.versions["1"] >= 20 or None)
+        assert set(load.statuses) == {200} and set(load.versions) == {"1"}, load.statuses
+        assert cfg.read_text() == before
+        assert not set(children_of(d.proc.pid)) - pids_of(active)  # the standby workers are gone
+    finally:
+        assert d.stop() == 0
