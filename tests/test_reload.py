@@ -350,3 +350,19 @@ def test_a_model_that_raises_on_warm_up_aborts_the_deploy(store, tmp_path):
         assert not set(children_of(d.proc.pid)) - pids_of(active)  # the standby workers are gone
     finally:
         assert d.stop() == 0
+
+
+def test_a_second_deploy_replaces_the_rollback_target_and_metrics_follow_the_active_pool(start_daemon):
+    d = start_daemon(models=[{"name": "mlp-small", "versions": [{"version": "1"}]}])
+    blue = pids_of(models_info(d, "mlp-small"))
+    assert deploy(d, "mlp-small", {"versions": [{"version": "1", "max_batch_size": 8}]})[1]["active"] == "green"
+    green = pids_of(models_info(d, "mlp-small"))
+    assert deploy(d, "mlp-small", {"versions": [{"version": "1", "max_batch_size": 4}]})[1]["active"] == "blue"
+    info = models_info(d, "mlp-small")
+    assert info["previous"]["pool"] == "green" and not set(children_of(d.proc.pid)) & blue
+    s = scrape(d)
+    assert metric(s, "router_worker_up", model="mlp-small", pool="blue") == 1
+    assert metric(s, "router_worker_up", model="mlp-small", pool="green") == 1
+    assert rollback(d, "mlp-small")[1]["active"] == "green"
+    assert pids_of(models_info(d, "mlp-small")) == green
+    assert metric(scrape(d), "router_deploys_total", model="mlp-small", result="ok") == 2
