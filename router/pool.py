@@ -297,14 +297,15 @@ class Pools:
                 up; the standby pool is stopped and the active one untouched.
         """
         old = self.models[mc.name]
+        # Built first: a missing model file fails here, before anything is touched.
+        standby = self._build(mc, where, "green" if old.pool == "blue" else "blue")
         stale = self.previous.pop(mc.name, None)
-        if stale is not None:  # it would be replaced as the rollback target anyway; free its name and cores
+        if stale is not None:  # it would stop being the rollback target anyway; free its name and cores
             timer = self._retire_timers.pop(mc.name, None)
             if timer is not None:
                 timer.cancel()
             self.metrics.previous_warm.labels(mc.name).set(0)
             await self._stop_route(stale)
-        standby = self._build(mc, where, "green" if old.pool == "blue" else "blue")
         log.info("deploy %s: starting %d worker(s) in the %s pool", mc.name, len(standby.replicas), standby.pool)
         futs = [r.start() for r in standby.replicas]
         try:
