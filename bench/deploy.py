@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .load import HOST, LUA, ROOT, BenchError, Proc, free_port, log, parse_wrk, wait_http_ready
+from .load import HOST, LUA, ROOT, BenchError, Proc, free_port, log, parse_wrk, require_tools, wait_http_ready
 from .payloads import PAYLOADS
 
 TARGET_SWAP_S = 1e-3
@@ -78,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.quick:
         a.duration = 6
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            p.error(f"`{tool}` is not installed")
+    require_tools(p)
     os.sched_setaffinity(0, {a.client_cpu})
     errors: list[str] = []
     result: dict[str, Any] = {}

@@ -651,6 +651,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def require_tools(parser: argparse.ArgumentParser) -> None:
+    """Exit through ``parser`` naming the first load tool missing (``wrk``, ``taskset``)."""
+    for tool in ("wrk", "taskset"):
+        if shutil.which(tool) is None:
+            parser.error(f"`{tool}` is not installed")
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -679,9 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     for cpu in (a.server_cpu, a.client_cpu):
         if cpu not in avail:
             p.error(f"CPU {cpu} is not available to this process (it may use {sorted(avail)})")
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            p.error(f"`{tool}` is not installed")
+    require_tools(p)
     os.sched_setaffinity(0, {a.client_cpu})  # the harness stays off the server core
 
     result: dict[str, Any] = {"machine": machine(), "settings": {

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -52,6 +51,7 @@ from .load import (
     log,
     machine,
     parse_wrk,
+    require_tools,
     wait_http_ready,
 )
 from .payloads import PAYLOADS
@@ -238,9 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     a.client_warmup = 0.2 if a.quick else 0.5
     if a.server_cpu == a.client_cpu:
         p.error("--server-cpu and --client-cpu must differ")
-    for tool in ("wrk", "taskset"):
-        if shutil.which(tool) is None:
-            p.error(f"`{tool}` is not installed")
+    require_tools(p)
     os.sched_setaffinity(0, {a.client_cpu})
     errors: list[str] = []
     layouts: list[Layout] = []

@@ -136,6 +136,27 @@ cdef inline double _unit(uint64_t x) noexcept nogil:
     return <double>(_mix64(x) >> 11) * TWO_M53
 
 
+cdef int _key_hash(object key, uint64_t* h) except -1:
+    """1 for a str or bytes routing key, with its XXH64 (seed 0) in ``h[0]`` unless ``h`` is NULL;
+    0 for None. A str hashes as its UTF-8 bytes (surrogateescape); a compact ASCII one in place."""
+    cdef bytes b
+    if isinstance(key, str):
+        if PyUnicode_IS_COMPACT_ASCII(key):
+            if h != NULL:
+                h[0] = _xxh64(<const uint8_t*>PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key), 0)
+            return 1
+        b = (<str>key).encode("utf-8", "surrogateescape")
+    elif isinstance(key, bytes):
+        b = <bytes>key
+    elif key is None:
+        return 0
+    else:
+        raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
+    if h != NULL:
+        h[0] = _xxh64(<const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), 0)
+    return 1
+
+
 def hash64(data: bytes, seed: int = 0) -> int:
     """XXH64 of ``data`` with ``seed`` (taken modulo 2**64): an int in [0, 2**64).
 
@@ -259,26 +280,12 @@ cdef class WeightTable:
 
     cdef Py_ssize_t _index(self, key) except -2:
         cdef uint64_t h
-        cdef bytes b
-        if isinstance(key, str):
-            if PyUnicode_IS_COMPACT_ASCII(key):
-                if self._n <= 1:
-                    return self._n - 1
-                h = _xxh64(<const uint8_t*>PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key), 0)
-                return self._rendezvous(h)
-            b = (<str>key).encode("utf-8", "surrogateescape")
-        elif isinstance(key, bytes):
-            b = <bytes>key
-        elif key is None:
-            if self._n <= 1:
-                return self._n - 1
-            return self._draw()
-        else:
-            raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
-        if self._n <= 1:
+        if self._n <= 1:  # nothing to choose: the key is only checked, not hashed
+            _key_hash(key, NULL)
             return self._n - 1
-        h = _xxh64(<const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), 0)
-        return self._rendezvous(h)
+        if _key_hash(key, &h):
+            return self._rendezvous(h)
+        return self._draw()
 
     def index(self, key: str | bytes | None) -> int:
         """The index in ``versions`` for a request with routing ``key``; -1 when empty.
@@ -464,15 +471,7 @@ cdef class MirrorTable:
         Raises:
             TypeError: ``key`` is not str, bytes or None.
         """
-        cdef bytes b
-        if isinstance(key, str):
-            if PyUnicode_IS_COMPACT_ASCII(key):
-                return self._pick(True, _xxh64(<const uint8_t*>PyUnicode_DATA(key), PyUnicode_GET_LENGTH(key), 0))
-            b = (<str>key).encode("utf-8", "surrogateescape")
-        elif isinstance(key, bytes):
-            b = <bytes>key
-        elif key is None:
-            return self._pick(False, self._state)
-        else:
-            raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
-        return self._pick(True, _xxh64(<const uint8_t*>PyBytes_AS_STRING(b), PyBytes_GET_SIZE(b), 0))
+        cdef uint64_t h
+        if _key_hash(key, &h):
+            return self._pick(True, h)
+        return self._pick(False, self._state)

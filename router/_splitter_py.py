@@ -142,6 +142,19 @@ def _unit(x: int) -> float:
     return (mix64(x) >> 11) * _TWO_M53
 
 
+
+def _key_bytes(key: str | bytes | None) -> bytes | None:
+    """The bytes a routing key hashes as (a str as UTF-8, surrogateescape); None stays None.
+
+    Raises:
+        TypeError: ``key`` is not str, bytes or None.
+    """
+    if isinstance(key, str):
+        return key.encode("utf-8", "surrogateescape")
+    if key is None or isinstance(key, bytes):
+        return key
+    raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
+
 class WeightTable:
     """An immutable routing table: versions, their weights (> 0) and a keyless draw.
 
@@ -216,10 +229,7 @@ class WeightTable:
             TypeError: ``key`` is not str, bytes or None.
         """
         n = len(self._seeds)
-        if isinstance(key, str):
-            key = key.encode("utf-8", "surrogateescape")
-        elif key is not None and not isinstance(key, bytes):
-            raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
+        key = _key_bytes(key)
         if n <= 1:
             return n - 1
         if key is None:
@@ -316,10 +326,7 @@ class MirrorTable:
         Raises:
             TypeError: ``key`` is not str, bytes or None.
         """
-        if isinstance(key, str):
-            key = key.encode("utf-8", "surrogateescape")
-        elif key is not None and not isinstance(key, bytes):
-            raise TypeError(f"routing key must be str, bytes or None, not {type(key).__name__}")
+        key = _key_bytes(key)
         f = self._f
         if key is None:
             hits = []

@@ -218,6 +218,11 @@ class AdminHandlers:
         return web.json_response({"reloaded": str(self.server.config.source), "changes": list(plan.live),
                                   "deployed": {m: list(why) for m, why in plan.deploy.items()}})
 
+    def _swapped(self, name: str, swap: float) -> web.Response:
+        route = self.server.pools.models[name]
+        return web.json_response({"model": name, "active": route.pool, "swap_us": round(swap * 1e6, 1),
+                                  "versions": [v.version for v in route.config.versions]})
+
     async def deploy(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         if name not in self.server.pools.models:
@@ -235,9 +240,7 @@ class AdminHandlers:
             return _error(400, f"{exc}; nothing changed")
         except DeployFailed as exc:
             return _error(exc.status, str(exc))
-        route = self.server.pools.models[name]
-        return web.json_response({"model": name, "active": route.pool, "swap_us": round(swap * 1e6, 1),
-                                  "versions": [v.version for v in route.config.versions]})
+        return self._swapped(name, swap)
 
     async def rollback(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
@@ -247,9 +250,7 @@ class AdminHandlers:
             swap = await self.server.rollback(name)
         except NoPreviousPool as exc:
             return _error(exc.status, str(exc))
-        route = self.server.pools.models[name]
-        return web.json_response({"model": name, "active": route.pool, "swap_us": round(swap * 1e6, 1),
-                                  "versions": [v.version for v in route.config.versions]})
+        return self._swapped(name, swap)
 
     async def models(self, request: web.Request) -> web.Response:
         out = []

@@ -125,16 +125,6 @@ def _pairs(items: list[str], what: str) -> dict[str, float] | None:
     return out
 
 
-def _traffic_call(args: argparse.Namespace, field: str, values: dict[str, float]) -> dict | None:
-    try:
-        if values:
-            return _admin_call(args, "PUT", f"/admin/models/{args.model}/traffic", {field: values})
-        return _admin_call(args, "GET", f"/admin/models/{args.model}/traffic")
-    except (RouterError, ConfigError) as exc:
-        log.error("%s", exc)
-        return None
-
-
 def _print_traffic(res: dict) -> None:
     total = sum(res["weights"].values()) or 1
     for v, w in res["weights"].items():
@@ -145,22 +135,17 @@ def _print_traffic(res: dict) -> None:
 
 
 def cmd_traffic(args: argparse.Namespace) -> int:
-    weights = _pairs(args.weights, "WEIGHT")
-    if weights is None:
+    """``traffic`` (field ``weights``) and ``shadow`` (field ``shadow``): set the named versions, or show."""
+    values = _pairs(args.values, args.unit)
+    if values is None:
         return 2
-    res = _traffic_call(args, "weights", weights)
-    if res is None:
-        return 1
-    _print_traffic(res)
-    return 0
-
-
-def cmd_shadow(args: argparse.Namespace) -> int:
-    fractions = _pairs(args.fractions, "FRACTION")
-    if fractions is None:
-        return 2
-    res = _traffic_call(args, "shadow", fractions)
-    if res is None:
+    try:
+        if values:
+            res = _admin_call(args, "PUT", f"/admin/models/{args.model}/traffic", {args.field: values})
+        else:
+            res = _admin_call(args, "GET", f"/admin/models/{args.model}/traffic")
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
         return 1
     _print_traffic(res)
     return 0
@@ -250,26 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--extra", action="store_true", help="also write the benchmark MLPs")
     d.set_defaults(func=cmd_demo_models)
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
-                              ("shadow", cmd_shadow, "show or set the fraction of live traffic mirrored to "
+                              ("shadow", cmd_traffic, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),
                               ("reload", cmd_reload, "re-read the daemon's config file and apply what changed"),
                               ("deploy", cmd_deploy, "deploy a new version set of a model, blue-green"),
                               ("rollback", cmd_rollback, "make a model's previous (warm) pool active again"),
                               ("status", cmd_status, "show models, versions, weights and workers")):
         c = sub.add_parser(name, help=help_)
-        if name == "rollback":
+        if name in ("traffic", "shadow", "deploy", "rollback"):
             c.add_argument("model")
         if name == "deploy":
-            c.add_argument("model")
             c.add_argument("versions", metavar="FILE",
                            help='JSON list of versions (keys as in config.toml), or {"versions": [...]}; - for stdin')
-        if name == "traffic":
-            c.add_argument("model")
-            c.add_argument("weights", nargs="*", metavar="VERSION=WEIGHT", help="e.g. 1=80 2=20; none: show")
+        elif name == "traffic":
+            c.add_argument("values", nargs="*", metavar="VERSION=WEIGHT", help="e.g. 1=80 2=20; none: show")
+            c.set_defaults(field="weights", unit="WEIGHT")
         elif name == "shadow":
-            c.add_argument("model")
-            c.add_argument("fractions", nargs="*", metavar="VERSION=FRACTION",
+            c.add_argument("values", nargs="*", metavar="VERSION=FRACTION",
                            help="e.g. 3=0.5 (0 stops mirroring; the version must have weight 0); none: show")
+            c.set_defaults(field="shadow", unit="FRACTION")
         c.add_argument("--config", default="config.toml", help="config whose server.http to call")
         c.add_argument("--url", help="router base URL (default: from the config)")
         c.set_defaults(func=func)

@@ -37,10 +37,6 @@ class Plan:
     #: Models to deploy blue-green, and why.
     deploy: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
-    @property
-    def changed(self) -> bool:
-        return bool(self.live)
-
 
 def read(path: Path, running: Config) -> tuple[Config, dict[tuple[str, str], str]]:
     """Load and validate ``path``; also the sha256 of every version's model file it names.

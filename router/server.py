@@ -94,11 +94,9 @@ class Server:
                     except (ConfigError, DeployFailed) as exc:
                         log.error("reload: %s", exc)
                         failed.append(str(exc))
-            if failed:  # those models keep what they run
-                keep = {m.name: m for m in self.config.models}
-                new = dataclasses.replace(new, models=tuple(
-                    keep[m.name] if m.name in p.deploy and self.pools.models[m.name].config != m else m
-                    for m in new.models))
+            # A deployed model runs the file's config; one whose deploy failed keeps what it ran.
+            new = dataclasses.replace(new, models=tuple(
+                self.pools.models[m.name].config if m.name in p.deploy else m for m in new.models))
             self.set_config(new)
             self.metrics.reloads.labels("failed" if failed else "ok").inc()
             log.info("reloaded %s: %s", source, "; ".join([*p.live, *(f"deployed {m}" for m in p.deploy)])

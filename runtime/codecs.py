@@ -218,7 +218,7 @@ def _decode_oip(payload: bytes | memoryview, header_len: int, plan: _Plan, fmt: 
                 f"unexpected size for input {name!r}: expected {size} bytes of binary data, "
                 f"{end - offset} left in the body"
             )
-        arrays[idx] = _from_buffer(payload, offset, count, shape, dtype, name)
+        arrays[idx] = from_buffer(payload, offset, count, shape, dtype, "input", name)
         offset += size
     if offset != end:
         raise BadRequest(f"unexpected additional input data: {end - offset} bytes after the last input")
@@ -261,7 +261,7 @@ def _decode_msgpack(payload: bytes | memoryview, plan: _Plan) -> Request:
                 f"input {name!r}: data holds {len(data)} bytes, shape {shape} of {spec.datatype} "
                 f"needs {count * dtype.itemsize}"
             )
-        arrays[idx] = _from_buffer(data, 0, count, shape, dtype, name)
+        arrays[idx] = from_buffer(data, 0, count, shape, dtype, "input", name)
     checked, batch = _finish_inputs(plan, arrays)
 
     names = body.get("outputs")
@@ -319,17 +319,20 @@ def _binary_size(params: dict, name: str) -> int | None:
     return size
 
 
-def _from_buffer(
-    buf: bytes | memoryview, offset: int, count: int, shape: list[int], dtype: np.dtype, name: str
+def from_buffer(
+    buf: bytes | memoryview, offset: int, count: int, shape: list[int], dtype: np.dtype, what: str, name: str
 ) -> np.ndarray:
-    """View ``count`` elements of ``buf`` at ``offset`` as an array of ``shape`` (sizes already checked)."""
+    """View ``count`` elements of ``buf`` at ``offset`` as an array of ``shape`` (sizes already checked).
+
+    Shared with :mod:`runtime.compare`; errors name ``what`` and ``name`` (``input 'x': ...``).
+    """
     arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
     if not arr.flags.aligned:
         # The JSON header has any length, so binary data lands at any offset;
         # misaligned element access is undefined for compiled kernels.
         arr = arr.copy()
     if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
-        raise BadRequest(f"input {name!r}: BOOL bytes must be 0 or 1")
+        raise BadRequest(f"{what} {name!r}: BOOL bytes must be 0 or 1")
     return arr
 
 

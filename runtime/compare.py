@@ -44,7 +44,7 @@ import numpy as np
 from router.errors import BadRequest
 from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from runtime import codecs
-from runtime.codecs import _DTYPES, _GARBAGE
+from runtime.codecs import _DTYPES, _GARBAGE, from_buffer
 
 __all__ = ["Diff", "Diffs", "compare", "decode_reply", "pack_stats"]
 
@@ -52,6 +52,7 @@ __all__ = ["Diff", "Diffs", "compare", "decode_reply", "pack_stats"]
 Diff = tuple[str, float, float, int, int]
 
 _WHERE = "live reply"
+_OUTPUT = f"{_WHERE}: output"
 _F64 = np.dtype(np.float64)
 _INF = math.inf
 
@@ -133,7 +134,7 @@ def _decode_oip(payload: bytes | memoryview, header_len: int) -> dict[str, np.nd
             raise BadRequest(f"{where}: binary_data_size {size} for shape {shape} {datatype} ({expected} expected)")
         if size > end - offset:
             raise BadRequest(f"{where}: binary_data_size {size}, but only {end - offset} bytes of binary data left")
-        arrays[name] = _from_buffer(payload, offset, count, shape, dtype, where)
+        arrays[name] = from_buffer(payload, offset, count, shape, dtype, _OUTPUT, name)
         offset += size
     if offset != end:
         raise BadRequest(f"{_WHERE}: {end - offset} bytes of binary data after the last binary output")
@@ -167,7 +168,7 @@ def _decode_msgpack(payload: bytes | memoryview) -> dict[str, np.ndarray]:
         expected = count * dtype.itemsize
         if len(data) != expected:
             raise BadRequest(f"{where}: {len(data)} bytes of data for shape {shape} {datatype} ({expected} expected)")
-        arrays[name] = _from_buffer(data, 0, count, shape, dtype, where)
+        arrays[name] = from_buffer(data, 0, count, shape, dtype, _OUTPUT, name)
     return arrays
 
 
@@ -191,19 +192,6 @@ def _shape(raw: Any, where: str) -> list[int]:
     if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
         raise BadRequest(f"{where}: 'shape' must be a list of integers >= 0, got {raw!r}")
     return raw
-
-
-def _from_buffer(
-    buf: bytes | memoryview, offset: int, count: int, shape: list[int], dtype: np.dtype, where: str
-) -> np.ndarray:
-    """View ``count`` elements of ``buf`` at ``offset`` as an array of ``shape`` (sizes already checked)."""
-    arr = np.frombuffer(buf, dtype=dtype, count=count, offset=offset).reshape(shape)
-    if not arr.flags.aligned:
-        # The JSON header has any length, so binary data lands at any offset.
-        arr = arr.copy()
-    if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
-        raise BadRequest(f"{where}: BOOL bytes must be 0 or 1")
-    return arr
 
 
 def _from_json(data: Any, shape: list[int], count: int, dtype: np.dtype, where: str) -> np.ndarray:

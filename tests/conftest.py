@@ -20,7 +20,25 @@ from pathlib import Path
 
 import pytest
 
+from router import _splitter_py
+
+try:
+    from router import _splitter_c
+except ImportError:  # only acceptable when the twins are forced
+    _splitter_c = None
+
 ROOT = Path(__file__).resolve().parent.parent
+#: The splitter implementations present: the twin always, the extension when built.
+IMPLS = [pytest.param(_splitter_py, id="py")]
+if _splitter_c is not None:
+    IMPLS.append(pytest.param(_splitter_c, id="c"))
+BOTH = [m for m in (_splitter_py, _splitter_c) if m is not None]
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest):
+    """Each splitter implementation in turn (``router._splitter_py``, ``router._splitter_c``)."""
+    return request.param
 
 
 def free_port() -> int:
@@ -150,6 +168,18 @@ class Daemon:
                 return r.status, dict(r.headers), r.read()
         except urllib.error.HTTPError as e:
             return e.code, dict(e.headers), e.read()
+
+    def call(self, method: str, path: str, body: object = None, headers: dict[str, str] | None = None,
+             timeout: float = 60) -> tuple[int, dict]:
+        """An admin API call with a JSON body (bytes are sent as they are); returns (status, decoded JSON)."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

@@ -12,35 +12,19 @@ import inspect
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import BOTH, ROOT, _splitter_c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router import _splitter_py, splitter
-
-try:
-    from router import _splitter_c
-except ImportError:  # only acceptable when the twins are forced
-    _splitter_c = None
-
-ROOT = Path(__file__).resolve().parent.parent
-IMPLS = [pytest.param(_splitter_py, id="py")]
-if _splitter_c is not None:
-    IMPLS.append(pytest.param(_splitter_c, id="c"))
-BOTH = [m for m in (_splitter_py, _splitter_c) if m is not None]
 
 N_KEYS = 100_000
 KEYS = [f"user-{i}" for i in range(N_KEYS)]
 EMPTY = ()  # the empty-tuple singleton a pick of nothing returns
 GAMMA = 0x9E3779B97F4A7C15
 MASK64 = 2**64 - 1
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request):
-    return request.param
 
 
 def shares(table, keys) -> list[float]:

@@ -12,8 +12,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from collections import Counter
 
 from conftest import ROOT, Daemon, children_of, free_port, write_config
@@ -63,13 +61,7 @@ class Load:
 
 
 def post_reload(d) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{d.url}/admin/reload", data=b"{}", method="POST",
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return d.call("POST", "/admin/reload", {})
 
 
 def reloads(d) -> dict[str, float]:
@@ -139,12 +131,7 @@ def pids_of(info: dict) -> set[int]:
 
 
 def rollback(d, model: str = "fraud") -> tuple[int, dict]:
-    req = urllib.request.Request(f"{d.url}/admin/models/{model}/rollback", data=b"", method="POST")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return d.call("POST", f"/admin/models/{model}/rollback", b"")
 
 
 def test_a_worker_change_deploys_blue_green_and_rolls_back_under_load(start_daemon):
@@ -275,13 +262,7 @@ def test_cli_deploy_by_reload_rollback_and_status(start_daemon):
 
 
 def deploy(d, model: str, versions) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{d.url}/admin/models/{model}/deploy", data=json.dumps(versions).encode(),
-                                 method="POST", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return d.call("POST", f"/admin/models/{model}/deploy", versions)
 
 
 def test_deploy_api_swaps_under_load_writes_back_and_a_failed_one_changes_nothing(start_daemon, tmp_path):

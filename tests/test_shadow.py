@@ -13,8 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +78,7 @@ def settled(d, version: str, n: int) -> dict[str, float]:
 
 
 def put(d, body) -> tuple[int, dict]:
-    req = urllib.request.Request(f"{d.url}/admin/models/mlp-small/traffic", data=json.dumps(body).encode(),
-                                 method="PUT", headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return d.call("PUT", "/admin/models/mlp-small/traffic", body)
 
 
 def worker_pid(d, version: str) -> int:

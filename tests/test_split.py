@@ -12,33 +12,17 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import BOTH, ROOT, _splitter_c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router import _splitter_py, splitter
 
-try:
-    from router import _splitter_c
-except ImportError:  # only acceptable when the twins are forced
-    _splitter_c = None
-
-ROOT = Path(__file__).resolve().parent.parent
-IMPLS = [pytest.param(_splitter_py, id="py")]
-if _splitter_c is not None:
-    IMPLS.append(pytest.param(_splitter_c, id="c"))
-BOTH = [m for m in (_splitter_py, _splitter_c) if m is not None]
-
 N_KEYS = 100_000
-
-
-@pytest.fixture(params=IMPLS)
-def impl(request):
-    return request.param
 
 
 @pytest.fixture(scope="module")

@@ -18,17 +18,7 @@ BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": 
 
 
 def put(d, model, body, headers=None):
-    h = {"Content-Type": "application/json"}
-    h.update(headers or {})
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    import urllib.error
-    import urllib.request
-    req = urllib.request.Request(f"{d.url}/admin/models/{model}/traffic", data=data, method="PUT", headers=h)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+    return d.call("PUT", f"/admin/models/{model}/traffic", body, headers)
 
 
 def versions_answering(d, n=100, headers=None):
