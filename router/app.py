@@ -7,7 +7,6 @@ goes to a worker as bytes and the worker's reply comes back as bytes.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -15,11 +14,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__
+from . import oip
 from .admin import make_admin_app
-from .errors import BadRequest, InferenceError, NotFound, PayloadTooLarge, WorkerUnavailable
+from .errors import BadRequest, InferenceError, PayloadTooLarge, WorkerUnavailable
 from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
-from .meta import ModelMeta
 
 if TYPE_CHECKING:
     from .server import Server
@@ -34,8 +32,7 @@ SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
 
 def error_response(status: int, message: str) -> web.Response:
     """``{"error": message}`` with ``status``: the only error shape callers ever see."""
-    return web.Response(status=status, body=json.dumps({"error": message}).encode(),
-                        content_type="application/json")
+    return web.Response(status=status, body=oip.error_body(message), content_type="application/json")
 
 
 @web.middleware
@@ -50,16 +47,6 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
             raise
         return error_response(exc.status, exc.reason if exc.text is None or exc.text.startswith(str(exc.status))
                               else exc.text)
-
-
-def _model_metadata(name: str, versions: list[str], meta: ModelMeta) -> dict[str, Any]:
-    return {
-        "name": name,
-        "versions": versions,
-        "platform": meta.platform,
-        "inputs": [t.to_json() for t in meta.inputs],
-        "outputs": [t.to_json() for t in meta.outputs],
-    }
 
 
 class _Call:
@@ -86,53 +73,29 @@ class Handlers:
         self.max_body = server.config.server.max_body_bytes
         self.loop = asyncio.get_running_loop()
 
+    @staticmethod
+    def _answer(answer: tuple[int, bytes]) -> web.Response:
+        status, body = answer
+        if not body:
+            return web.Response(status=status)
+        return web.Response(status=status, body=body, content_type="application/json")
+
     async def live(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return self._answer(oip.live(self.server))
 
     async def ready(self, request: web.Request) -> web.Response:
-        if self.server.draining:
-            return error_response(503, "server is shutting down")
-        if not self.server.started or not self.pools.ready:
-            return error_response(503, "not every worker is live yet")
-        return web.Response(status=200)
+        return self._answer(oip.ready(self.server))
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return web.json_response({"name": "model-router", "version": __version__,
-                                  "extensions": ["binary_tensor_data", "msgpack"]})
-
-    def _route(self, request: web.Request):  # -> (ModelRoute, VersionPool | None)
-        name = request.match_info["model"]
-        route = self.pools.route(name)
-        v = request.match_info.get("version")
-        if v is None:
-            return route, None
-        pool = route.versions.get(v)
-        if pool is None:
-            raise NotFound(f"unknown version {v!r} of model {name!r}")
-        return route, pool
+        return self._answer(oip.server_metadata(self.server))
 
     async def model_metadata(self, request: web.Request) -> web.Response:
-        try:
-            route, pool = self._route(request)
-        except NotFound as exc:
-            return error_response(404, str(exc))
-        if pool is None:
-            # The heaviest-weighted version speaks for the model: it answers most callers.
-            pool = max(route.versions.values(), key=lambda p: p.vc.weight)
-            versions = [v for v, p in route.versions.items() if p.vc.weight > 0]
-        else:
-            versions = [pool.version]
-        return web.json_response(_model_metadata(route.name, versions, pool.meta))
+        mi = request.match_info
+        return self._answer(oip.model_metadata(self.server, mi["model"], mi.get("version")))
 
     async def model_ready(self, request: web.Request) -> web.Response:
-        try:
-            route, pool = self._route(request)
-        except NotFound as exc:
-            return error_response(404, str(exc))
-        ok = bool(pool.live) if pool is not None else len(route.table) > 0
-        if self.server.draining or not ok:
-            return error_response(503, "model has no live worker" if not ok else "server is shutting down")
-        return web.Response(status=200)
+        mi = request.match_info
+        return self._answer(oip.model_ready(self.server, mi["model"], mi.get("version")))
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         t0 = monotonic()

@@ -53,6 +53,12 @@ class FrameError(RouterError, ValueError):
     status = 400
 
 
+class HttpHeadError(RouterError, ValueError):
+    """An HTTP request head the fast parser does not take (malformed, or a form it leaves to aiohttp)."""
+
+    status = 400
+
+
 class InferenceError(RouterError):
     """A request failed; ``status`` is its HTTP / msgpack status code."""
 

@@ -20,6 +20,7 @@ from . import configfile, reload
 from .app import make_app
 from .config import Config, parse_model
 from .errors import ConfigError, DeployFailed, ReloadRefused
+from .http import HttpProtocol
 from .metrics import Metrics
 from .pool import Pools
 from .wire import WireProtocol
@@ -45,12 +46,14 @@ class Server:
         self.pools = Pools(config, self.metrics)
         self.draining = False
         self.started = False
-        self.connections: set[WireProtocol] = set()
+        #: Open msgpack and (not handed-off) HTTP connections: closed once drained.
+        self.connections: set[WireProtocol | HttpProtocol] = set()
         #: One change of configuration at a time (traffic PUT, reload).
         self.change_lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._wire: asyncio.Server | None = None
+        self._http: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     def set_config(self, config: Config) -> None:
@@ -181,11 +184,15 @@ class Server:
         s = self.config.server
         try:
             if s.http is not None:
+                # aiohttp serves what the hot-path protocol hands it: admin API, chunked bodies, ...
                 self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
                 await self._runner.setup()
-                site = web.TCPSite(self._runner, s.http.host, s.http.port, reuse_address=True)
-                await site.start()
-                log.info("HTTP (Open Inference Protocol v2) on http://%s", self._bound(site))
+                fallback = self._runner.server
+                assert fallback is not None
+                self._http = await loop.create_server(lambda: HttpProtocol(self, fallback), s.http.host, s.http.port,
+                                                      reuse_address=True, backlog=1024)
+                host, port = self._http.sockets[0].getsockname()[:2]
+                log.info("HTTP (Open Inference Protocol v2) on http://%s:%d", host, port)
             if s.msgpack is not None:
                 self._wire = await loop.create_server(lambda: WireProtocol(self), s.msgpack.host, s.msgpack.port,
                                                       reuse_address=True)
@@ -196,15 +203,6 @@ class Server:
             raise
         self.started = True
         log.info("ready")
-
-    @staticmethod
-    def _bound(site: web.TCPSite) -> str:
-        # The listening sockets tell the real port when 0 was asked.
-        sockets = getattr(site._server, "sockets", None)
-        if sockets:
-            host, port = sockets[0].getsockname()[:2]
-            return f"{host}:{port}"
-        return site.name
 
     async def _sweep(self) -> None:
         while True:
@@ -232,11 +230,10 @@ class Server:
         self.pools.stop_mirroring()
         if self._wire is not None:
             self._wire.close()
+        if self._http is not None:
+            self._http.close()
         deadline = time.monotonic() + self.config.server.drain_timeout_s
         # Listeners close first; in-flight requests keep their connections.
-        if self._runner is not None:
-            for site in list(self._runner.sites):
-                await site.stop()
         while self.pools.in_flight and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         left = self.pools.in_flight
@@ -252,9 +249,10 @@ class Server:
         for conn in list(self.connections):
             if conn.transport is not None:
                 conn.transport.close()
-        if self._wire is not None:
-            await self._wire.wait_closed()
-            self._wire = None
+        for listener in (self._wire, self._http):
+            if listener is not None:
+                await listener.wait_closed()
+        self._wire = self._http = None
         if self._sweeper is not None:
             self._sweeper.cancel()
             try:

@@ -1,0 +1,416 @@
+"""The HTTP front's hot path: an asyncio Protocol that serves OIP v2 over HTTP/1.x itself.
+
+It parses request heads (:mod:`router.httpparse`) and answers inference,
+health, metadata and ``/metrics`` requests without a framework: one request at
+a time per connection (HTTP/1.1 answers in order), the request's state kept on
+the protocol object, the reply written from the worker's callback — no task,
+future or response object per request.
+
+The first request it does not take — the admin API, any other path, a chunked
+body, ``Expect: 100-continue``, a percent-encoded path, a head it cannot parse —
+hands the connection, with every byte not yet answered, to the aiohttp
+application (:mod:`router.app`), which serves the whole HTTP surface and
+answers that request and the rest of the connection as it always would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from email.utils import formatdate
+from time import monotonic, time
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import oip
+from .errors import HttpHeadError, InferenceError, WorkerUnavailable
+from .httpparse import parse_head
+from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+
+if TYPE_CHECKING:
+    from .pool import ModelRoute
+    from .server import Server
+
+log = logging.getLogger("router.http")
+
+_HIGH_WATER = 1 << 20  # stop reading while this much of a pipelined client's input waits
+_LINGER_S = 10.0  # longest wait for the rest of a refused body
+_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
+_V2_MODELS = "/v2/models/"
+
+# What a request is, once its path is matched.
+_INFER, _LIVE, _READY, _SERVER_META, _MODEL_META, _MODEL_READY, _METRICS = range(7)
+
+
+class _Clock:
+    """The ``Date`` header, formatted once per second."""
+
+    __slots__ = ("second", "value")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.value = b""
+
+    def date(self) -> bytes:
+        now = int(time())
+        if now != self.second:
+            self.second = now
+            self.value = formatdate(now, usegmt=True).encode()
+        return self.value
+
+
+_clock = _Clock()
+
+
+def match(method: str, target: str) -> tuple[int, str, str | None] | None:
+    """What ``method target`` asks for: ``(kind, model, version)``, or None when it is not ours."""
+    q = target.find("?")
+    path = target if q < 0 else target[:q]
+    if "%" in path:
+        return None  # aiohttp decodes percent-escapes; leave those to it
+    if path.startswith(_V2_MODELS):
+        parts = path[len(_V2_MODELS):].split("/")
+        n = len(parts)
+        model = parts[0]
+        if not model:
+            return None
+        if method == "POST":
+            if n == 2 and parts[1] == "infer":
+                return _INFER, model, None
+            if n == 4 and parts[1] == "versions" and parts[3] == "infer" and parts[2]:
+                return _INFER, model, parts[2]
+            return None
+        if method != "GET":
+            return None
+        if n == 1:
+            return _MODEL_META, model, None
+        if n == 2 and parts[1] == "ready":
+            return _MODEL_READY, model, None
+        if n >= 3 and parts[1] == "versions" and parts[2]:
+            if n == 3:
+                return _MODEL_META, model, parts[2]
+            if n == 4 and parts[3] == "ready":
+                return _MODEL_READY, model, parts[2]
+        return None
+    if method != "GET":
+        return None
+    if path == "/v2/health/ready":
+        return _READY, "", None
+    if path == "/v2/health/live":
+        return _LIVE, "", None
+    if path == "/v2":
+        return _SERVER_META, "", None
+    if path == "/metrics":
+        return _METRICS, "", None
+    return None
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One client connection.
+
+    Args:
+        server: the daemon.
+        fallback: makes the aiohttp protocol a connection is handed to.
+    """
+
+    def __init__(self, server: Server, fallback: Callable[[], asyncio.Protocol]) -> None:
+        self.server = server
+        self.pools = server.pools
+        self.metrics = server.metrics
+        self.counts = server.metrics.in_flight
+        self.max_body = server.config.server.max_body_bytes
+        self.fallback = fallback
+        self.transport: asyncio.Transport | None = None
+        self._buf: bytes | bytearray = b""
+        #: A parsed head whose body has not all arrived: (end, kind, model, version, headers, minor, length).
+        self._head: tuple[int, int, str, str | None, dict[str, str], int, int] | None = None
+        self._paused = False
+        self._writing_paused = False
+        # The request in flight: at most one per connection.
+        self._busy = False
+        self._discard = 0  # bytes of a refused body still to read before closing
+        self._processing = False
+        self._close = False
+        self._minor = 1
+        self._model = ""
+        self._answered = ""
+        self._route: ModelRoute | None = None
+        self._key: str | None = None
+        self._kind = FMT_JSON
+        self._hlen = 0
+        self._body = b""
+        self._t0 = 0.0
+        self._ckey = ("", "http")
+        self._on_reply = self._reply  # bound once, not per request
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self._buf = b""
+        self.server.connections.discard(self)
+
+    def pause_writing(self) -> None:
+        # The client does not read its replies: stop reading its requests.
+        self._writing_paused = True
+        if self.transport is not None and not self._paused:
+            self.transport.pause_reading()
+            self._paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.transport is not None and self._paused and not self._busy:
+            self.transport.resume_reading()
+            self._paused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._discard:
+            self._discard -= len(data)
+            if self._discard <= 0 and self.transport is not None:
+                self.transport.close()
+            return
+        buf = self._buf
+        if buf:
+            if type(buf) is bytes:
+                buf = self._buf = bytearray(buf)
+            buf += data
+        else:
+            self._buf = data
+        if not self._busy:
+            self._process()
+        elif len(self._buf) > _HIGH_WATER and not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+            self._paused = True
+
+    # -- requests ------------------------------------------------------------------------------------------
+
+    def _process(self) -> None:
+        """Answer every whole request buffered, in order, until one is in flight."""
+        self._processing = True
+        try:
+            while self._buf and not self._busy and self.transport is not None:
+                if not self._next():
+                    break
+        finally:
+            self._processing = False
+        if self._paused and not self._busy and not self._writing_paused and self.transport is not None:
+            self.transport.resume_reading()
+            self._paused = False
+
+    def _next(self) -> bool:
+        """Start the first buffered request; False when it has not all arrived (or was handed off)."""
+        buf = self._buf
+        head = self._head
+        if head is None:
+            try:
+                parsed = parse_head(buf)
+            except HttpHeadError:
+                self._hand_off()
+                return False
+            if parsed is None:
+                return False
+            end, method, target, minor, headers = parsed
+            what = match(method, target)
+            if what is None or "transfer-encoding" in headers or "upgrade" in headers:
+                self._hand_off()
+                return False
+            expect = headers.get("expect")
+            if expect is not None and expect.lower() != "100-continue":
+                self._hand_off()  # aiohttp answers 417
+                return False
+            length = 0
+            cl = headers.get("content-length")
+            if cl is not None:
+                if not (cl.isdigit() and cl.isascii()):
+                    self._hand_off()  # aiohttp answers the malformed length
+                    return False
+                length = int(cl)
+                if length > self.max_body:
+                    self._refuse_body(minor, length - (len(buf) - end), oip.error_body(
+                        f"body of {length} bytes exceeds the limit of {self.max_body} bytes"))
+                    return False
+            kind, model, version = what
+            if len(buf) < end + length:
+                self._head = (end, kind, model, version, headers, minor, length)
+                if expect is not None and self.transport is not None:
+                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                return False  # the body is still arriving
+        else:
+            end, kind, model, version, headers, minor, length = head
+            if len(buf) < end + length:
+                return False
+            self._head = None
+        stop = end + length
+        body = bytes(buf[end:stop])
+        self._buf = buf[stop:]
+        conn = headers.get("connection", "").lower()
+        self._minor = minor
+        self._close = "close" in conn if minor else "keep-alive" not in conn
+        if kind == _INFER:
+            self._infer(model, version, headers, body)
+        else:
+            self._answer(kind, model, version)
+        return True
+
+    def _infer(self, model: str, version: str | None, headers: dict[str, str], body: bytes) -> None:
+        t0 = monotonic()
+        route = self.pools.models.get(model)
+        if route is None:
+            self._write(404, oip.error_body(f"unknown model {model!r}"))
+            return
+        hdr = headers.get("inference-header-content-length")
+        if hdr is not None:
+            kind = FMT_BINARY
+            try:
+                hlen = int(hdr)
+            except ValueError:
+                hlen = -1
+            if not 0 <= hlen <= len(body):
+                self._fail(model, version, t0, 400, f"Inference-Header-Content-Length must be an integer in "
+                                                    f"0..{len(body)} (the body length), got {hdr!r}")
+                return
+        else:
+            hlen = 0
+            kind = FMT_MSGPACK if headers.get("content-type", "").startswith(_MSGPACK_TYPES) else FMT_JSON
+        rk = route.routing_key
+        key = headers.get(rk.lower()) if rk is not None else None
+        ckey = (model, "http")
+        counts = self.counts
+        counts[ckey] += 1
+        self._busy = True
+        self._model, self._route, self._key, self._kind, self._hlen, self._body = model, route, key, kind, hlen, body
+        self._t0, self._ckey, self._answered = t0, ckey, version or ""
+        try:
+            if self.server.draining:
+                raise WorkerUnavailable("server is shutting down")
+            self._answered = self.pools.submit(route, version, key, kind, hlen, body, self._on_reply, t0)
+        except InferenceError as exc:
+            counts[ckey] -= 1
+            self._busy = False
+            self._fail(model, version if version in route.versions else None, t0, exc.status, exc.message)
+
+    def _fail(self, model: str, version: str | None, t0: float, status: int, message: str) -> None:
+        """A request refused before it reached a worker."""
+        self._write(status, oip.error_body(message))
+        self.metrics.observe(model, version or "", "http", status, monotonic() - t0)
+
+    def _reply(self, status: int, hlen: int, payload: bytes) -> None:
+        """The worker's answer (or a 503/504 in its place): exactly once per submitted request."""
+        self.counts[self._ckey] -= 1
+        self._busy = False
+        t = self.transport
+        if status == 200:
+            if t is not None:
+                if hlen:
+                    ctype = b"application/octet-stream\r\nInference-Header-Content-Length: %d" % hlen
+                elif self._kind == FMT_MSGPACK:
+                    ctype = b"application/msgpack"
+                else:
+                    ctype = b"application/json"
+                self._send(200, ctype, payload)
+        else:
+            self._write(status, oip.error_body(payload.decode(errors="replace")))
+        self.metrics.observe(self._model, self._answered, "http", status, monotonic() - self._t0)
+        route = self._route
+        if status == 200 and route is not None and route.mirror is not None:
+            # The copy leaves only once the caller has its reply.
+            route.mirror_copy(self._answered, self._key, "http", self._kind, self._hlen, self._body, hlen, payload)
+        self._route = None
+        self._body = b""
+        if self._buf and t is not None and not self._processing:
+            self._process()
+        elif self._paused and not self._writing_paused and t is not None:
+            t.resume_reading()
+            self._paused = False
+
+    def _answer(self, kind: int, model: str, version: str | None) -> None:
+        server = self.server
+        if kind == _READY:
+            status, body = oip.ready(server)
+        elif kind == _LIVE:
+            status, body = oip.live(server)
+        elif kind == _MODEL_META:
+            status, body = oip.model_metadata(server, model, version)
+        elif kind == _MODEL_READY:
+            status, body = oip.model_ready(server, model, version)
+        elif kind == _SERVER_META:
+            status, body = oip.server_metadata(server)
+        else:
+            self._send(200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.metrics.registry))
+            return
+        self._write(status, body)
+
+    # -- writing -------------------------------------------------------------------------------------------
+
+    def _write(self, status: int, body: bytes, close: bool = False) -> None:
+        """An answer with a JSON body (or none)."""
+        self._send(status, b"application/json" if body else b"", body, close)
+
+    def _send(self, status: int, ctype: bytes, body: bytes, announce_close: bool = False) -> None:
+        t = self.transport
+        if t is None:
+            return
+        close = self._close or self.server.draining
+        announce_close = announce_close or close
+        parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode())]
+        if ctype:
+            parts.append(b"Content-Type: %s\r\n" % ctype)
+        if announce_close:
+            parts.append(b"Connection: close\r\n")
+        elif not self._minor:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"Content-Length: %d\r\nDate: %s\r\n\r\n" % (len(body), _clock.date()))
+        if len(body) < 65536:
+            parts.append(body)
+            t.write(b"".join(parts))
+        else:  # no copy of a large body
+            t.write(b"".join(parts))
+            t.write(body)
+        if close:
+            self._buf = b""
+            t.close()
+
+    def _refuse_body(self, minor: int, unread: int, error: bytes) -> None:
+        """413 at once, then read and drop the rest of the body before closing.
+
+        Closing with the body unread would reset the connection, and the caller
+        might lose the answer before reading it.
+        """
+        self._minor, self._close = minor, False
+        self._buf = b""
+        self._head = None
+        self._discard = max(unread, 1)
+        self._write(413, error, close=True)
+        t = self.transport
+        if t is not None:
+            asyncio.get_running_loop().call_later(_LINGER_S, t.close)
+            if unread <= 0:
+                t.close()
+
+    def _hand_off(self) -> None:
+        """Give this connection, with every byte not yet answered, to the aiohttp application."""
+        t = self.transport
+        if t is None:
+            return
+        buf = bytes(self._buf)
+        self._buf = b""
+        self._head = None
+        self.transport = None
+        self.server.connections.discard(self)
+        proto: Any = self.fallback()
+        t.set_protocol(proto)
+        proto.connection_made(t)
+        if buf:
+            proto.data_received(buf)
+        if self._paused:
+            t.resume_reading()
+            self._paused = False
