@@ -7,13 +7,15 @@ status) so the hot path does one dict lookup, not a label resolution.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 #: 25 us .. 10 s: fine enough for a router that adds tens of microseconds.
 LATENCY_BUCKETS = (
@@ -23,6 +25,7 @@ LATENCY_BUCKETS = (
 )
 #: Shadow divergence (max abs / max rel difference per request): 0 is its own
 #: bucket (an identical model), then decades up to gross disagreement.
+_LE = [*(floatToGoString(b) for b in LATENCY_BUCKETS), "+Inf"]
 DIVERGENCE_BUCKETS = (0.0, 1e-9, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 0.1, 0.5, 1.0, 2.0, 10.0)
 
 
@@ -36,19 +39,12 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.latency = Histogram(
-            "router_request_duration_seconds",
-            "Time from request received to reply handed to the transport.",
-            ["model", "version", "route", "protocol", "status"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.requests = Counter(
-            "router_requests",
-            "Requests answered, by outcome.",
-            ["model", "version", "route", "protocol", "status"],
-            registry=r,
-        )
+        #: (model, version, route, protocol, status) -> per-bucket counts, then the sum of
+        #: seconds: the request histogram and counter, kept as plain lists (an observation is
+        #: a bisect and two additions, not prometheus_client's locked objects) and turned
+        #: into ``router_request_duration_seconds`` and ``router_requests_total`` at scrape time.
+        self.request_series: dict[tuple[str, str, str, str, int], list] = {}
+        r.register(_Requests(self.request_series))
         #: (model, protocol) -> requests received and not yet answered. Plain ints
         #: bumped by the fronts, read only at scrape time: no lock per request.
         self.in_flight: defaultdict[tuple[str, str], int] = defaultdict(int)
@@ -105,20 +101,17 @@ class Metrics:
         #: (model, version) -> object with ``outstanding``: shadow copies sent and not yet answered.
         self.shadow_queues: dict[tuple[str, str], Any] = {}
         r.register(_ShadowQueues(self.shadow_queues))
-        self._children: dict[tuple[str, str, str, str, int], tuple[Histogram, Counter]] = {}
         self._divergence: dict[tuple[str, str, str], tuple[Histogram, Histogram, Counter, Counter]] = {}
 
     def observe(self, model: str, version: str, protocol: str, status: int, seconds: float,
                 route: str = "live") -> None:
         """Record one answered request."""
         key = (model, version, route, protocol, status)
-        pair = self._children.get(key)
-        if pair is None:
-            labels = (model, version, route, protocol, str(status))
-            pair = self._children[key] = (self.latency.labels(*labels), self.requests.labels(*labels))
-        pair[0].observe(seconds)
-        pair[1].inc()
-
+        row = self.request_series.get(key)
+        if row is None:
+            row = self.request_series[key] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+        row[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
 
     def observe_divergence(self, model: str, version: str, output: str, max_abs: float, max_rel: float,
                            agree: int, rows: int) -> None:
@@ -148,6 +141,28 @@ class _ShadowQueues(Collector):
             if target.pool.vc.shadow > 0 or target.outstanding:
                 g.add_metric([model, version], target.outstanding)
         yield g
+
+
+class _Requests(Collector):
+    def __init__(self, series: dict[tuple[str, str, str, str, int], list]) -> None:
+        self._series = series
+
+    def collect(self) -> Iterator[HistogramMetricFamily | CounterMetricFamily]:
+        labels = ["model", "version", "route", "protocol", "status"]
+        h = HistogramMetricFamily("router_request_duration_seconds",
+                                  "Time from request received to reply handed to the transport.", labels=labels)
+        c = CounterMetricFamily("router_requests", "Requests answered, by outcome.", labels=labels)
+        for (model, version, route, protocol, status), row in sorted(self._series.items()):
+            values = [model, version, route, protocol, str(status)]
+            buckets = []
+            total = 0
+            for le, n in zip(_LE, row, strict=False):
+                total += n
+                buckets.append((le, total))
+            h.add_metric(values, buckets, row[-1])
+            c.add_metric(values, total)
+        yield h
+        yield c
 
 
 class _InFlight(Collector):

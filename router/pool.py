@@ -18,6 +18,7 @@ from time import monotonic, perf_counter
 
 from . import priority
 from .config import Config, ModelConfig, VersionConfig
+from .cork import Cork
 from .errors import ConfigError, DeployFailed, NoPreviousPool, NotFound, WorkerUnavailable
 from .meta import MODEL_FILE, ModelMeta, read_meta
 from .metrics import Metrics
@@ -163,6 +164,8 @@ class Pools:
         self.metrics = metrics
         self.timeout = config.server.request_timeout_ms / 1000
         self.max_inflight = config.server.max_inflight_per_worker
+        #: Write coalescing shared by every link and the msgpack front (router.cork).
+        self.cork = Cork()
         self.models: dict[str, ModelRoute] = {}
         #: model -> the pool it replaced, kept warm for a rollback.
         self.previous: dict[str, ModelRoute] = {}
@@ -195,7 +198,7 @@ class Pools:
             d, meta = resolve_meta(config.store_path, mc.name, vc.version, f"{where}.versions[{j}]")
             reps = [
                 Replica(mc.name, vc, k, d, max_frame, config.server.worker_start_timeout_s, self._on_state,
-                        config.server.shadow_flush_us / 1e6)
+                        config.server.shadow_flush_us / 1e6, self.cork)
                 for k in range(vc.replicas)
             ]
             pools[vc.version] = VersionPool(mc.name, vc, meta, reps)

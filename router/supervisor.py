@@ -22,6 +22,7 @@ import msgpack
 
 from . import link
 from .config import VersionConfig
+from .cork import Cork
 from .errors import FrameError, WorkerUnavailable
 from .framing import FrameScanner
 from .link import KIND_WARMUP, STATUS_HELLO
@@ -64,8 +65,10 @@ class WorkerLink(asyncio.Protocol):
     """The router's end of one worker socket: sends requests, matches replies by id."""
 
     def __init__(self, name: str, max_frame: int, on_lost: Callable[[WorkerLink], None],
-                 copy_delay: float = 0.001) -> None:
+                 copy_delay: float = 0.001, cork: Cork | None = None) -> None:
         self.name = name
+        self.cork = cork if cork is not None else Cork()
+        self._held: list[bytes] = []
         self.transport: asyncio.Transport | None = None
         self.pending: dict[int, Call] = {}
         self.hello: asyncio.Future[dict] = asyncio.get_running_loop().create_future()
@@ -85,16 +88,32 @@ class WorkerLink(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             frames = self._scanner.feed(data)
-            pending = self.pending
-            for body in frames:
-                rid, status, hlen, payload = link.unpack(body)
-                call = pending.pop(rid, None)
-                if call is not None:
-                    call.done(status, hlen, payload)
-                elif rid == 0 and status == STATUS_HELLO and not self.hello.done():
-                    self.hello.set_result(msgpack.unpackb(payload))
-                # else: the reply of a request already answered 504: dropped.
         except FrameError as exc:
+            self._corrupt(exc)
+            return
+        cork = self.cork if len(frames) > 1 else None
+        if cork is not None:
+            cork.open()  # a batch of replies: one write to each pipelined client
+        try:
+            self._replies(frames)
+        except FrameError as exc:
+            self._corrupt(exc)
+        finally:
+            if cork is not None:
+                cork.close()
+
+    def _replies(self, frames: list[bytes]) -> None:
+        pending = self.pending
+        for body in frames:
+            rid, status, hlen, payload = link.unpack(body)
+            call = pending.pop(rid, None)
+            if call is not None:
+                call.done(status, hlen, payload)
+            elif rid == 0 and status == STATUS_HELLO and not self.hello.done():
+                self.hello.set_result(msgpack.unpackb(payload))
+            # else: the reply of a request already answered 504: dropped.
+
+    def _corrupt(self, exc: FrameError) -> None:
             log.error("%s: corrupt frame from worker (%s); dropping the link", self.name, exc)
             self.lost_reason = f"corrupt frame from worker: {exc}"
             assert self.transport is not None
@@ -125,10 +144,23 @@ class WorkerLink(asyncio.Protocol):
             del self.pending[rid]
             call.done(503, 0, f"{self.name}: worker not connected".encode())
             return
-        if len(payload) < 65536:
+        if self.cork.depth:  # more requests of the same read follow: write them together
+            if not self._held:
+                self.cork.hold(self)
+            if len(payload) < 65536:
+                self._held.append(link.pack(rid, kind, header_len, payload))
+            else:
+                self._held += (link.pack_head(rid, kind, header_len, len(payload)), payload)
+        elif len(payload) < 65536:
             t.write(link.pack(rid, kind, header_len, payload))
         else:  # skip the copy of a large payload
             t.writelines((link.pack_head(rid, kind, header_len, len(payload)), payload))
+
+    def flush_held(self) -> None:
+        held, self._held = self._held, []
+        t = self.transport
+        if t is not None:  # else the link is lost and fail_all answers the calls
+            t.write(b"".join(held))
 
     def send_shadow(self, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
                     call: CopyCall) -> None:
@@ -205,11 +237,15 @@ class Replica:
         model_dir: ``<store>/<model>/<version>``.
         max_frame: largest frame on the link.
         on_state: called with this replica whenever it becomes live or stops being live.
+        copy_delay: longest a shadow copy is held to be written with others.
+        cork: the router's write coalescing, shared by every link.
     """
 
     def __init__(self, model: str, vc: VersionConfig, index: int, model_dir: Path, max_frame: int,
-                 start_timeout: float, on_state: Callable[[Replica], None], copy_delay: float = 0.001) -> None:
+                 start_timeout: float, on_state: Callable[[Replica], None], copy_delay: float = 0.001,
+                 cork: Cork | None = None) -> None:
         self.model = model
+        self.cork = cork
         self.vc = vc
         self.index = index
         self.model_dir = model_dir
@@ -304,7 +340,7 @@ class Replica:
 
         try:
             _, link = await loop.create_unix_connection(
-                lambda: WorkerLink(self.name, self.max_frame, on_lost, self.copy_delay), sock=ours)
+                lambda: WorkerLink(self.name, self.max_frame, on_lost, self.copy_delay, self.cork), sock=ours)
         except BaseException:
             ours.close()
             raise

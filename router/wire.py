@@ -27,10 +27,20 @@ log = logging.getLogger("router.wire")
 _HIGH_WATER = 1 << 20  # pause reading while this much reply data waits to be sent
 
 
+_packb = msgpack.packb
+#: (status, version) -> their msgpack bytes: a reply packs only its id anew.
+_MIDDLES: dict[tuple[int, str | None], bytes] = {}
+
+
 def reply_frame(rid: int | None, status: int, version: str | None, result: bytes | str) -> bytes:
     """A whole reply frame; ``result`` is a msgpack body already encoded (bytes) or an error message."""
     if isinstance(result, bytes):
-        head = b"\x94" + msgpack.packb(rid) + msgpack.packb(status) + msgpack.packb(version)
+        middle = _MIDDLES.get((status, version))
+        if middle is None:
+            middle = _packb(status) + _packb(version)
+            if len(_MIDDLES) < 1024:  # versions come from the config: few
+                _MIDDLES[(status, version)] = middle
+        head = b"\x94" + _packb(rid) + middle
         return pack_header(len(head) + len(result)) + head + result
     body = msgpack.packb([rid, status, version, result])
     return pack_header(len(body)) + body
@@ -48,6 +58,9 @@ class WireProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.in_flight = 0
         self._paused = False
+        self.cork = self.pools.cork
+        self._held: list[bytes] = []
+        self._last: bytes | None = None  # the error reply a malformed frame gets, once in-flight ones are answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -69,26 +82,68 @@ class WireProtocol(asyncio.Protocol):
             self._paused = False
 
     def data_received(self, data: bytes) -> None:
+        if self._last is not None:
+            return  # closing after a malformed frame
         try:
             frames = self.scanner.feed(data)
         except FrameError as exc:
             self._fatal(exc)
             return
-        for body in frames:
-            try:
-                rid, model, version, key, offset = parse_request(body)
-            except FrameError as exc:
-                self._fatal(exc)
-                return
-            self._dispatch(rid, model, version, key, body[offset:])
+        cork = self.cork if len(frames) > 1 else None
+        if cork is not None:
+            cork.open()  # many requests in one read: one write to each worker
+        try:
+            for body in frames:
+                try:
+                    rid, model, version, key, offset = parse_request(body)
+                except FrameError as exc:
+                    self._fatal(exc)
+                    return
+                self._dispatch(rid, model, version, key, body[offset:])
+        finally:
+            if cork is not None:
+                cork.close()
+
+    def _write(self, frame: bytes) -> None:
+        t = self.transport
+        if t is None:
+            return
+        if self.cork.depth:  # more replies of the same worker read follow
+            if not self._held:
+                self.cork.hold(self)
+            self._held.append(frame)
+        else:
+            t.write(frame)
+
+    def flush_held(self) -> None:
+        held, self._held = self._held, []
+        t = self.transport
+        if held and t is not None and not t.is_closing():
+            t.write(b"".join(held))
 
     def _fatal(self, exc: FrameError) -> None:
-        """A malformed frame: one error reply, then close this connection only."""
+        """A malformed frame: read no more, answer what is in flight, then one error reply and close.
+
+        Only this connection closes; requests it sent before the bad frame still get their replies.
+        """
         log.info("closing msgpack connection: %s", exc)
         t = self.transport
-        if t is not None:
-            t.write(reply_frame(None, exc.status, None, str(exc)))
-            t.close()
+        if t is None:
+            return
+        if self._last is None:
+            t.pause_reading()
+            self._last = reply_frame(None, exc.status, None, str(exc))
+        if not self.in_flight:
+            self._close_with_last()
+
+    def _close_with_last(self) -> None:
+        t = self.transport
+        if t is None or self._last is None:
+            return
+        if self._held:  # replies to its earlier requests go first
+            self.flush_held()
+        t.write(self._last)
+        t.close()
 
     def _dispatch(self, rid: int, model: str, version: str | None, key: str | bytes | None,
                   payload: bytes) -> None:
@@ -100,10 +155,11 @@ class WireProtocol(asyncio.Protocol):
         def done(status: int, _hlen: int, result: bytes) -> None:
             counts[ckey] -= 1
             self.in_flight -= 1
-            t = self.transport
-            if t is not None:
-                t.write(reply_frame(rid, status, answered, result if status == 200
-                                    else result.decode(errors="replace")))
+            if self.transport is not None:
+                self._write(reply_frame(rid, status, answered, result if status == 200
+                                        else result.decode(errors="replace")))
+                if self._last is not None and not self.in_flight:
+                    self._close_with_last()
             self.metrics.observe(model, answered or "", "msgpack", status, monotonic() - t0)
             r = route  # set before submit, so before any answer
             if status == 200 and r is not None and r.mirror is not None:  # after the reply is written
@@ -123,7 +179,6 @@ class WireProtocol(asyncio.Protocol):
                 self.in_flight -= 1
                 raise
         except InferenceError as exc:
-            if self.transport is not None:
-                self.transport.write(reply_frame(rid, exc.status, None, exc.message))
+            self._write(reply_frame(rid, exc.status, None, exc.message))
             if model in self.pools.models:  # unknown names must not mint label sets
                 self.metrics.observe(model, version or "", "msgpack", exc.status, monotonic() - t0)

@@ -173,3 +173,17 @@ def test_many_connections_at_once(shared_daemon):
     finally:
         for c in conns:
             c.close()
+
+
+def test_one_read_of_good_unknown_and_malformed_frames(shared_daemon):
+    """Replies held for one write (the cork) still all leave: before the error frame, in any order."""
+    c = Conn(shared_daemon.wire_port)
+    try:
+        c.send(request(1) + request(2, model="nope") + request(3, version="9") + request(4) + frame([1, 2, 3]))
+        replies = [c.recv() for _ in range(5)]
+        assert replies[-1][0] is None and replies[-1][1] == 400  # the malformed frame's, written last
+        by_id = {r[0]: r[1] for r in replies[:4]}
+        assert by_id == {1: 200, 2: 404, 3: 404, 4: 200}
+        assert c.closed_by_peer()
+    finally:
+        c.close()

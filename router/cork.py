@@ -1,0 +1,44 @@
+"""Write coalescing: writes made while one read's frames are dispatched leave together.
+
+One read from a pipelined client can hold dozens of request frames, and one
+read from a worker dozens of replies. Dispatched one by one, each would be a
+write of its own: a syscall each, and on a link a wake-up of the worker each.
+Between :meth:`Cork.open` and :meth:`Cork.close` writers hold their frames
+instead, and the outermost ``close`` has each of them write its share at once:
+one write per socket per read. A single frame is never held, so a lone
+request pays nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class Holder(Protocol):
+    def flush_held(self) -> None:
+        """Write every frame held since the cork opened."""
+
+
+class Cork:
+    """Shared by the links and the msgpack front of one router."""
+
+    __slots__ = ("depth", "_held")
+
+    def __init__(self) -> None:
+        #: > 0 while some dispatch holds the cork open: writers hold their frames.
+        self.depth = 0
+        self._held: list[Holder] = []
+
+    def hold(self, writer: Holder) -> None:
+        """Register ``writer``, which just held its first frame, for the flush."""
+        self._held.append(writer)
+
+    def open(self) -> None:
+        self.depth += 1
+
+    def close(self) -> None:
+        self.depth -= 1
+        if not self.depth and self._held:
+            held, self._held = self._held, []
+            for writer in held:
+                writer.flush_held()
