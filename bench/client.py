@@ -1,6 +1,6 @@
 """Load generator for the msgpack TCP protocol (and the TCP echo reference): blocking sockets, no asyncio.
 
-``python -m bench.client --port P --mode msgpack --model fraud --depth 1 --duration 5``
+``python -m bench.client --port P --mode msgpack --model fraud [--version V] --depth 1 --duration 5``
 
 * ``--depth 1``: one request at a time; every round trip is timed (p50/p99 latency).
 * ``--depth N``: N requests in flight on one connection (pipelined); each reply
@@ -77,7 +77,7 @@ class Checker:
         self.errors = 0
         self.messages: list[str] = []
         self.body_len = request_body_len
-        self.version = payload.version or "1"  # every benchmarked model has one live version: "1"
+        self.version = payload.answering_version
         self.out_bytes = payload.out_width * 4
 
     def fail(self, msg: str) -> None:
@@ -196,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=("msgpack", "echo"), default="msgpack")
     p.add_argument("--model", choices=sorted(PAYLOADS), default="fraud",
                    help="the request to send (echo: only its size matters)")
+    p.add_argument("--version", default=None, help="pin the request to this version (default: the payload's)")
     p.add_argument("--depth", type=int, default=1, help="requests in flight (1 = one at a time)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     p.add_argument("--warmup", type=float, default=0.5, help="seconds run before measuring")
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if a.depth < 1:
         p.error("--depth must be >= 1")
-    res = run(a.host, a.port, a.mode, PAYLOADS[a.model], a.depth, a.duration, a.warmup, a.timeout)
+    payload = PAYLOADS[a.model] if a.version is None else PAYLOADS[a.model].pinned(a.version)
+    res = run(a.host, a.port, a.mode, payload, a.depth, a.duration, a.warmup, a.timeout)
     json.dump(res, sys.stdout)
     sys.stdout.write("\n")
     return 1 if res["errors"] or not res["requests"] else 0

@@ -3,6 +3,10 @@
 Run: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-only``
 (not collected by a plain ``pytest``: ``testpaths = ["tests"]``).
 
+Covered: the TCP framing, the router <-> worker link, the worker's codecs,
+dynamic batching in the worker (assembling and splitting a batch of 32), the
+shadow comparison, and the model's forward for scale.
+
 Every input is built in a fixture, outside the timed call: the timed callable
 is only the function under test. The requests are the fraud/1 ones of
 ``bench/payloads.py`` (what ``bench/load.py`` sends).
@@ -10,6 +14,7 @@ is only the function under test. The requests are the fraud/1 ones of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +183,43 @@ def test_model_forward(benchmark, fraud_meta, fmt: str) -> None:
         model.forward(arrays)
     out = benchmark(model.forward, arrays)
     assert out[0].shape == (1, 2)
+
+
+# -- runtime.batcher: dynamic batching in the worker ------------------------------------------------------------
+
+BATCH = 32
+
+
+@pytest.mark.parametrize("fmt", list(BODIES))
+def test_batch_assemble_split(benchmark, fraud_meta, fmt: str) -> None:
+    """A worker's batching work for 32 fraud/1 requests, around one forward (a stub here).
+
+    ``Batcher.add`` x 32 (the trailing-shape key of each request), then ``run``:
+    concatenate the 32 ``[1, 8]`` inputs into ``[32, 8]``, check the output keeps
+    the batch, slice it back into 32 ``[1, 2]`` rows and encode each reply (in the
+    request's format; ``test_encode_response`` times one encoding alone). The
+    forward returns a precomputed ``[32, 2]`` array: no model time is included.
+    """
+    from runtime.batcher import Batcher
+    from runtime.codecs import decode_request
+
+    meta, _ = fraud_meta
+    kind, body = BODIES[fmt]
+    reqs = [decode_request(kind, body, 0, meta) for _ in range(BATCH)]
+    out = np.tile(np.array([[0.984049, 0.015951]], dtype=np.float32), (BATCH, 1))
+    seen: list[tuple[int, ...]] = []
+
+    def forward(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        seen.append(inputs[0].shape)
+        return [out]
+
+    batcher = Batcher(forward, meta, max_batch_size=BATCH)
+
+    def assemble_and_split() -> list[tuple[int, int, int, bytes]]:
+        for rid, req in enumerate(reqs):
+            batcher.add(rid, req)
+        return batcher.run()
+
+    replies = benchmark(assemble_and_split)
+    assert len(replies) == BATCH and all(r[1] == 200 for r in replies) and len(batcher) == 0
+    assert seen[-1] == (BATCH, 8) and [r[0] for r in replies] == list(range(BATCH))
