@@ -296,6 +296,13 @@ def _input_index(plan: _Plan, name: Any, arrays: list[np.ndarray | None]) -> int
 
 def _shape(raw: Any, name: str, expected: tuple[int, ...]) -> list[int]:
     """Validate a request's shape against the signature (``-1`` = any size >= 0)."""
+    if type(raw) is list and len(raw) == len(expected):
+        # The common, valid case without generators (this runs once per input per request).
+        for d, e in zip(raw, expected, strict=False):  # lengths checked above
+            if type(d) is not int or d < 0 or (e != -1 and e != d):
+                break
+        else:
+            return raw
     # bool is an int subclass: reject it explicitly, a shape of [true] is garbage.
     if not isinstance(raw, list) or not all(type(d) is int and d >= 0 for d in raw):
         raise BadRequest(f"input {name!r}: 'shape' must be a list of integers >= 0, got {raw!r}")
@@ -378,6 +385,9 @@ def _finish_inputs(plan: _Plan, arrays: Sequence[np.ndarray | None]) -> tuple[li
     Returns:
         The arrays (none missing) and the batch size.
     """
+    only = arrays[0] if len(arrays) == 1 else None
+    if only is not None:  # the common single-input model
+        return [only], (only.shape[0] if plan.batchable else 1)
     checked: list[np.ndarray] = []
     for spec, arr in zip(plan.meta.inputs, arrays, strict=True):
         if arr is None:
@@ -483,7 +493,9 @@ def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta
         for i in req.outputs:
             arr = _wire(outputs[i], plan.out_dtypes[i])
             spec = specs[i]
-            tensors[spec.name] = {"datatype": spec.datatype, "shape": list(arr.shape), "data": _raw(arr)}
+            # Small outputs: one bytes copy is cheaper than the views that avoid it.
+            data = arr.tobytes() if arr.nbytes <= 4096 else _raw(arr)
+            tensors[spec.name] = {"datatype": spec.datatype, "shape": list(arr.shape), "data": data}
         reply: dict[str, Any] = {"model_name": meta.name, "model_version": meta.version}
         if req.id is not None:
             reply["id"] = req.id

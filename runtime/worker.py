@@ -13,6 +13,7 @@ nothing at concurrency 1 and helps at once under load.
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import os
 import select
@@ -195,6 +196,9 @@ def run(spec: WorkerSpec) -> int:
     log.info("loaded %s/%s on %s in %.0f ms (cpus %s, %d threads)", spec.name, spec.version, spec.device,
              (time.monotonic() - t0) * 1000, sorted(os.sched_getaffinity(0)), spec.threads)
     worker = Worker(spec, sock, model, meta)
+    # torch, numpy and the model are loaded for good: keep the collector from
+    # walking them again and again (a full collection of them is a latency spike).
+    gc.freeze()
     worker.send_hello()
     try:
         with torch.inference_mode():
