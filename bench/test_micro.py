@@ -81,6 +81,37 @@ def test_parse_request(benchmark, framing) -> None:
     assert (rid, model, version, key) == (7, "fraud", "1", None) and BODY[offset:] == MSGPACK_BODY
 
 
+@pytest.fixture(params=IMPLS)
+def http(request: pytest.FixtureRequest):
+    """``router._http_c`` (id ``c``) or ``router._http_py`` (id ``py``)."""
+    return implementation(request, "_http")
+
+
+# What wrk sends for the fraud scenarios of bench/load.py.
+HTTP_REQUEST = (b"POST /v2/models/fraud/versions/1/infer HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+                b"Content-Length: %d\r\nContent-Type: application/json\r\n\r\n" % len(JSON_BODY)) + JSON_BODY
+
+
+def test_parse_http_head(benchmark, http) -> None:
+    end, method, target, minor, headers = benchmark(http.parse_head, HTTP_REQUEST)
+    assert (method, target, minor) == ("POST", "/v2/models/fraud/versions/1/infer", 1)
+    assert HTTP_REQUEST[end:] == JSON_BODY and headers["content-length"] == str(len(JSON_BODY))
+
+
+def test_http_match(benchmark) -> None:
+    from router.http import _INFER, match
+
+    assert benchmark(match, "POST", "/v2/models/fraud/versions/1/infer") == (_INFER, "fraud", "1")
+
+
+def test_observe_latency(benchmark) -> None:
+    from router.metrics import Metrics
+
+    m = Metrics()
+    benchmark(m.observe, "fraud", "1", "http", 200, 0.00025)
+    assert sum(m.request_series[("fraud", "1", "live", "http", 200)][:-1]) > 0
+
+
 # -- router.link --------------------------------------------------------------------------------------------
 
 
