@@ -162,6 +162,21 @@ TARGET_TWO_READY_S = 3.0  # a daemon serving two workers: spawn -> /v2/health/re
 FOREIGN_WARN_PCT = 8.0  # a run where other programs took more of a core is flagged
 
 
+def shadow_requests(port: int) -> dict[str, float]:
+    """The daemon's ``router_shadow_requests_total``, summed as ``{"VERSION.RESULT": count}``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "router_shadow_requests_total":
+                k = f"{s.labels['version']}.{s.labels['result']}"
+                out[k] = out.get(k, 0.0) + s.value
+    return out
+
+
 class BenchError(Exception):
     """A request failed, an output did not parse or a process misbehaved."""
 
@@ -749,16 +764,8 @@ class Bench:
 
     def shadow_counts(self) -> dict[str, float]:
         """``router_shadow_requests_total`` of the shadow version, by result (ok, error, dropped, timeout)."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://{HOST}:{self.ports['http']}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == "router_shadow_requests_total" and s.labels.get("version") == SHADOW_VERSION:
-                    out[s.labels["result"]] = out.get(s.labels["result"], 0.0) + s.value
-        return out
+        counts = shadow_requests(self.ports["http"])
+        return {k.split(".", 1)[1]: v for k, v in counts.items() if k.startswith(SHADOW_VERSION + ".")}
 
     # measuring ------------------------------------------------------------------------------------------
 

@@ -52,6 +52,7 @@ from .load import (
     machine,
     parse_wrk,
     require_tools,
+    shadow_requests,
     wait_http_ready,
 )
 from .payloads import PAYLOADS
@@ -110,17 +111,7 @@ class Layout:
                 raise BenchError(f"setting shadow {setting}: {r.status}")
 
     def shadow_counts(self) -> dict[str, float]:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://{HOST}:{self.http}/metrics", timeout=10) as r:
-            text = r.read().decode()
-        out: dict[str, float] = {}
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == "router_shadow_requests_total":
-                    k = f"{s.labels['version']}.{s.labels['result']}"
-                    out[k] = out.get(k, 0.0) + s.value
-        return out
+        return shadow_requests(self.http)
 
     def run(self, setting: str, proto: str, conc: int) -> dict[str, Any]:
         a = self.a

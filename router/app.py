@@ -16,8 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
 from .admin import make_admin_app
-from .errors import BadRequest, InferenceError, PayloadTooLarge, WorkerUnavailable
-from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from .errors import InferenceError, PayloadTooLarge, WorkerUnavailable
 
 if TYPE_CHECKING:
     from .server import Server
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.http")
 
 _HCL = "Inference-Header-Content-Length"
-_CONTENT_TYPES = {FMT_JSON: "application/json", FMT_MSGPACK: "application/msgpack"}
-_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
 
 
@@ -134,7 +131,7 @@ class Handlers:
     @staticmethod
     def _reply_type(request: web.Request) -> str:
         ct = request.headers.get("Content-Type", "")
-        return "application/msgpack" if ct.startswith(_MSGPACK_TYPES) else "application/json"
+        return "application/msgpack" if ct.startswith(oip.MSGPACK_TYPES) else "application/json"
 
     async def _infer(self, request: web.Request, route: Any, call: _Call, t0: float) -> tuple[int, int, bytes]:
         if self.server.draining:
@@ -147,18 +144,7 @@ class Handlers:
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"body exceeds the limit of {self.max_body} bytes") from None
         headers = request.headers
-        hdr = headers.get(_HCL)
-        if hdr is not None:
-            kind = FMT_BINARY
-            try:
-                hlen = int(hdr)
-            except ValueError:
-                hlen = -1
-            if not 0 <= hlen <= len(body):
-                raise BadRequest(f"{_HCL} must be an integer in 0..{len(body)} (the body length), got {hdr!r}")
-        else:
-            hlen = 0
-            kind = FMT_MSGPACK if headers.get("Content-Type", "").startswith(_MSGPACK_TYPES) else FMT_JSON
+        kind, hlen = oip.body_format(headers.get(_HCL), headers.get("Content-Type", ""), len(body))
         rk = route.routing_key
         key = headers.get(rk) if rk is not None else None
         fut: asyncio.Future[tuple[int, int, bytes]] = self.loop.create_future()

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
-from .errors import HttpHeadError, InferenceError, WorkerUnavailable
+from .errors import BadRequest, HttpHeadError, InferenceError, WorkerUnavailable
 from .httpparse import parse_head
-from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from .link import FMT_JSON, FMT_MSGPACK
 
 if TYPE_CHECKING:
     from .pool import ModelRoute
@@ -37,7 +37,6 @@ log = logging.getLogger("router.http")
 
 _HIGH_WATER = 1 << 20  # stop reading while this much of a pipelined client's input waits
 _LINGER_S = 10.0  # longest wait for the rest of a refused body
-_MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
             504: "Gateway Timeout"}
@@ -267,20 +266,12 @@ class HttpProtocol(asyncio.Protocol):
         if route is None:
             self._write(404, oip.error_body(f"unknown model {model!r}"))
             return
-        hdr = headers.get("inference-header-content-length")
-        if hdr is not None:
-            kind = FMT_BINARY
-            try:
-                hlen = int(hdr)
-            except ValueError:
-                hlen = -1
-            if not 0 <= hlen <= len(body):
-                self._fail(model, version, t0, 400, f"Inference-Header-Content-Length must be an integer in "
-                                                    f"0..{len(body)} (the body length), got {hdr!r}")
-                return
-        else:
-            hlen = 0
-            kind = FMT_MSGPACK if headers.get("content-type", "").startswith(_MSGPACK_TYPES) else FMT_JSON
+        try:
+            kind, hlen = oip.body_format(headers.get("inference-header-content-length"),
+                                         headers.get("content-type", ""), len(body))
+        except BadRequest as exc:
+            self._fail(model, version, t0, 400, exc.message)
+            return
         rk = route.routing_key
         key = headers.get(rk.lower()) if rk is not None else None
         ckey = (model, "http")

@@ -11,7 +11,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import NotFound
+from .errors import BadRequest, NotFound
+from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 
 if TYPE_CHECKING:
     from .pool import ModelRoute, VersionPool
@@ -19,6 +20,31 @@ if TYPE_CHECKING:
 
 _SERVER_METADATA = json.dumps({"name": "model-router", "version": __version__,
                                "extensions": ["binary_tensor_data", "msgpack"]}).encode()
+
+
+MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack", "application/vnd.msgpack")
+
+
+def body_format(header_length: str | None, content_type: str, size: int) -> tuple[int, int]:
+    """``(format, json_header_len)`` of an infer body, from its headers, as both fronts read them.
+
+    ``Inference-Header-Content-Length`` present: OIP binary; a msgpack
+    Content-Type: msgpack; anything else, no Content-Type included (tritonclient
+    sends none): OIP JSON.
+
+    Raises:
+        BadRequest: the header length is not an integer in ``0..size``.
+    """
+    if header_length is not None:
+        try:
+            hlen = int(header_length)
+        except ValueError:
+            hlen = -1
+        if not 0 <= hlen <= size:
+            raise BadRequest(f"Inference-Header-Content-Length must be an integer in 0..{size} (the body length), "
+                             f"got {header_length!r}")
+        return FMT_BINARY, hlen
+    return (FMT_MSGPACK if content_type.startswith(MSGPACK_TYPES) else FMT_JSON), 0
 
 
 def error_body(message: str) -> bytes:

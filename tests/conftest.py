@@ -125,6 +125,36 @@ FRAUD = {
 }
 
 
+class RawConn:
+    """One raw TCP connection to a daemon's port: bytes in, bytes buffered out."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def fill(self) -> None:
+        """Read what arrives next into ``buf``; ConnectionError when the peer closed."""
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed by the daemon; unread: {self.buf!r}")
+        self.buf += chunk
+
+    def closed_by_peer(self) -> bool:
+        """True when the daemon closed the connection (after everything it sent was read)."""
+        self.sock.settimeout(5)
+        try:
+            return self.sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class Daemon:
     """A running ``router serve`` subprocess."""
 

@@ -8,10 +8,10 @@ to pin down both halves and the hand-off between them.
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pytest
+from conftest import RawConn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,25 +41,16 @@ def request(path: str = INFER, body: bytes = BODY, version: str = "1.1", method:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-class Conn:
-    """One raw TCP connection to the daemon's HTTP port, reading answers by Content-Length."""
+class Conn(RawConn):
+    """A raw HTTP connection to the daemon, reading answers by Content-Length."""
 
     def __init__(self, daemon) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", daemon.http_port), timeout=10)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buf += chunk
-        return bool(chunk)
+        super().__init__(daemon.http_port)
 
     def read(self) -> tuple[int, dict[str, str], bytes]:
         """One whole answer: (status, lower-cased headers, body)."""
         while b"\r\n\r\n" not in self.buf:
-            assert self._fill(), f"connection closed mid-answer: {self.buf!r}"
+            self.fill()
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
         lines = head.decode("latin-1").split("\r\n")
         status = int(lines[0].split()[1])
@@ -68,20 +59,12 @@ class Conn:
             return status, headers, b""
         n = int(headers["content-length"])
         while len(self.buf) < n:
-            assert self._fill(), "connection closed mid-body"
+            self.fill()
         body, self.buf = self.buf[:n], self.buf[n:]
         return status, headers, body
 
     def closed(self) -> bool:
-        """True when the daemon closed the connection (after everything it sent was read)."""
-        self.sock.settimeout(5)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
+        return self.closed_by_peer()
 
 
 @pytest.fixture
@@ -206,7 +189,6 @@ def test_pipelined_requests_answer_in_order(conn):
 
 
 def test_request_trickling_in_byte_by_byte(conn):
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     raw = request(headers={"Content-Type": "application/json"})
     for i in range(len(raw)):
         conn.send(raw[i:i + 1])

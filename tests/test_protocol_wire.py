@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import msgpack
 import numpy as np
 import pytest
+from conftest import RawConn
 
 X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
 
@@ -25,36 +25,16 @@ def request(rid, model="fraud", version=None, key=None, x=X, name="features") ->
     return frame([rid, model, version, key, {"inputs": {name: tensor(x)}}])
 
 
-class Conn:
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
+class Conn(RawConn):
     def recv(self):
+        """The next reply frame, decoded."""
         while True:
             if len(self.buf) >= 4:
                 n = int.from_bytes(self.buf[:4], "big")
                 if len(self.buf) >= 4 + n:
                     body, self.buf = self.buf[4:4 + n], self.buf[4 + n:]
                     return msgpack.unpackb(body)
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed")
-            self.buf += chunk
-
-    def closed_by_peer(self) -> bool:
-        self.sock.settimeout(5)
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
-
-    def close(self) -> None:
-        self.sock.close()
+            self.fill()
 
 
 @pytest.fixture
