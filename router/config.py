@@ -43,6 +43,7 @@ class ServerConfig:
     worker_start_timeout_s: float = 60.0
     shadow_priority: str = "idle"
     shadow_flush_us: int = 1000
+    keepalive_timeout_s: float = 3630.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,7 @@ def parse_address(value: Any, where: str) -> Address | None:
 _SERVER_KEYS = {
     "http", "msgpack", "request_timeout_ms", "max_body_bytes", "drain_timeout_s",
     "max_inflight_per_worker", "worker_start_timeout_s", "shadow_priority", "shadow_flush_us",
+    "keepalive_timeout_s",
 }
 _VERSION_KEYS = {
     "version", "weight", "shadow", "shadow_queue", "replicas", "device", "cpus", "threads",
@@ -292,6 +294,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         worker_start_timeout_s=_num(s, "worker_start_timeout_s", "server", 60.0, 1.0),
         shadow_priority=_choice(s, "shadow_priority", "server", "idle", ("idle", "normal")),
         shadow_flush_us=_int(s, "shadow_flush_us", "server", 1000, 0, 1_000_000),
+        keepalive_timeout_s=_num(s, "keepalive_timeout_s", "server", 3630.0, 0.0),
     )
     st = _table(top.get("store", {}), "store", {"path"})
     store = Path(_str(st, "path", "store", "model-store"))

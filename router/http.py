@@ -146,11 +146,14 @@ class HttpProtocol(asyncio.Protocol):
         self._t0 = 0.0
         self._ckey = ("", "http")
         self._on_reply = self._reply  # bound once, not per request
+        #: When the connection last received bytes or answered (monotonic): the idle sweep reads it.
+        self.last_seen = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.last_seen = monotonic()
         self.server.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -172,6 +175,7 @@ class HttpProtocol(asyncio.Protocol):
             self._paused = False
 
     def data_received(self, data: bytes) -> None:
+        self.last_seen = monotonic()
         if self._discard:
             self._discard -= len(data)
             if self._discard <= 0 and self.transport is not None:
@@ -310,7 +314,8 @@ class HttpProtocol(asyncio.Protocol):
                 self._send(200, ctype, payload)
         else:
             self._write(status, oip.error_body(payload.decode(errors="replace")))
-        self.metrics.observe(self._model, self._answered, "http", status, monotonic() - self._t0)
+        now = self.last_seen = monotonic()
+        self.metrics.observe(self._model, self._answered, "http", status, now - self._t0)
         route = self._route
         if status == 200 and route is not None and route.mirror is not None:
             # The copy leaves only once the caller has its reply.
@@ -369,6 +374,11 @@ class HttpProtocol(asyncio.Protocol):
         if close:
             self._buf = b""
             t.close()
+
+    @property
+    def idle(self) -> bool:
+        """No request in flight (a partial one may be buffered: it counts as idle)."""
+        return not self._busy
 
     def _refuse_body(self, minor: int, unread: int, error: bytes) -> None:
         """413 at once, then read and drop the rest of the body before closing.

@@ -56,6 +56,7 @@ class Server:
         self._wire: asyncio.Server | None = None
         self._http: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._idle_sweeper: asyncio.Task[None] | None = None
 
     def set_config(self, config: Config) -> None:
         """Adopt a configuration whose workers are already the running ones (traffic changes only)."""
@@ -182,11 +183,14 @@ class Server:
         log.info("all workers live in %.2f s", time.monotonic() - t0)
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(), name="deadline sweeper")
+        if self.config.server.keepalive_timeout_s > 0:
+            self._idle_sweeper = loop.create_task(self._sweep_idle(), name="idle connection sweeper")
         s = self.config.server
         try:
             if s.http is not None:
                 # aiohttp serves what the hot-path protocol hands it: admin API, chunked bodies, ...
-                self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False)
+                self._runner = web.AppRunner(make_app(self), access_log=None, handle_signals=False,
+                                             keepalive_timeout=s.keepalive_timeout_s)
                 await self._runner.setup()
                 fallback = self._runner.server
                 assert fallback is not None
@@ -212,6 +216,17 @@ class Server:
         while True:
             await asyncio.sleep(_SWEEP_S)
             self.pools.expire(time.monotonic())
+
+    async def _sweep_idle(self) -> None:
+        """Close HTTP connections idle for ``keepalive_timeout_s`` (handed-off ones: aiohttp does it)."""
+        timeout = self.config.server.keepalive_timeout_s
+        while True:
+            await asyncio.sleep(min(timeout / 4, 5.0))
+            stale = time.monotonic() - timeout
+            for conn in list(self.connections):
+                if isinstance(conn, HttpProtocol) and conn.idle and conn.last_seen < stale \
+                        and conn.transport is not None:
+                    conn.transport.close()
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then shut down cleanly."""
@@ -257,12 +272,13 @@ class Server:
             if listener is not None:
                 await listener.wait_closed()
         self._wire = self._http = None
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        for task in (self._sweeper, self._idle_sweeper):
+            if task is not None:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        self._sweeper = self._idle_sweeper = None
         await self.pools.stop()
         log.info("stopped")

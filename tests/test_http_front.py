@@ -274,3 +274,25 @@ def test_oversized_body_gets_413_then_close_without_reset(shared_daemon):
     c.send(b"x" * n)  # the rest is read and dropped, then the connection closes
     assert c.closed()
     c.close()
+
+
+def test_idle_connections_close_after_the_keepalive_timeout(start_daemon):
+    d = start_daemon(keepalive_timeout_s=0.5)
+    ready = request("/v2/health/ready", b"", method="GET")
+    idle, busy, handed = Conn(d), Conn(d), Conn(d)
+    try:
+        idle.send(ready)
+        assert idle.read()[0] == 200
+        handed.send(request("/admin/models", b"", method="GET"))  # served by aiohttp from here on
+        assert handed.read()[0] == 200
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 1.5:  # three timeouts, a request every 0.1 s
+            busy.send(ready)
+            assert busy.read()[0] == 200
+            time.sleep(0.1)
+        assert idle.closed() and handed.closed()
+        busy.send(ready)
+        assert busy.read()[0] == 200
+    finally:
+        for c in (idle, busy, handed):
+            c.close()
