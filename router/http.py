@@ -253,7 +253,8 @@ class HttpProtocol(asyncio.Protocol):
                 return False
             self._head = None
         stop = end + length
-        body = bytes(buf[end:stop])
+        # One copy of the body whether it came in one read (bytes) or many (bytearray).
+        body = buf[end:stop] if type(buf) is bytes else bytes(memoryview(buf)[end:stop])
         self._buf = buf[stop:]
         conn = headers.get("connection", "").lower()
         self._minor = minor

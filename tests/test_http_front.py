@@ -296,3 +296,29 @@ def test_idle_connections_close_after_the_keepalive_timeout(start_daemon):
     finally:
         for c in (idle, busy, handed):
             c.close()
+
+
+def test_large_binary_body_in_many_reads_matches_one_write(shared_daemon):
+    import numpy as np
+
+    x = np.linspace(-1, 1, 200 * 256, dtype=np.float32).reshape(200, 256)
+    head = json.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [200, 256],
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}).encode()
+    raw = request("/v2/models/mlp-wide/infer", head + x.tobytes(),
+                  headers={"Inference-Header-Content-Length": str(len(head))})
+    answers = []
+    for chunk in (len(raw), 7000):
+        c = Conn(shared_daemon)
+        try:
+            for i in range(0, len(raw), chunk):
+                c.send(raw[i:i + chunk])
+                time.sleep(0.001)
+            status, headers, body = c.read()
+            assert status == 200 and headers["content-type"] == "application/octet-stream"
+            hlen = int(headers["inference-header-content-length"])
+            assert json.loads(body[:hlen])["outputs"][0]["shape"] == [200, 10]
+            answers.append(body)
+        finally:
+            c.close()
+    assert answers[0] == answers[1] and len(answers[0]) > 200 * 10 * 4
