@@ -54,7 +54,9 @@ class Batcher:
         return self.rows >= self.max_batch_size
 
     def add(self, rid: int, req: Request) -> None:
-        key = tuple(a.shape[1:] for a in req.arrays)
+        arrays = req.arrays
+        # Requests batch together when every input has the same trailing shape.
+        key = (arrays[0].shape[1:],) if len(arrays) == 1 else tuple(a.shape[1:] for a in arrays)
         self._pending.append((rid, req, key))
         self.rows += req.batch
 
