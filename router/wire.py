@@ -27,7 +27,8 @@ log = logging.getLogger("router.wire")
 _HIGH_WATER = 1 << 20  # pause reading while this much reply data waits to be sent
 
 
-_packb = msgpack.packb
+# One Packer for the process (the loop is single-threaded): packb() builds one per call.
+_packb = msgpack.Packer().pack
 #: (status, version) -> their msgpack bytes: a reply packs only its id anew.
 _MIDDLES: dict[tuple[int, str | None], bytes] = {}
 

@@ -71,6 +71,8 @@ class Request:
             validated, C-contiguous, possibly read-only views of the payload.
         outputs: indices into ``meta.outputs`` to return, in reply order.
         binary: per entry of ``outputs``, whether it goes out as binary data.
+            Both are read, never changed: requests asking for every output
+            share the same two lists.
         fmt: the body format of the request, and so of the reply.
         batch: dim 0 of the inputs (1 when the model is not batchable).
         live: for a shadow copy, the live version's outputs by name: the reply
@@ -107,7 +109,8 @@ class Request:
 class _Plan:
     """What decoding needs from a ModelMeta, computed once per meta instead of per request."""
 
-    __slots__ = ("meta", "in_index", "in_dtypes", "out_index", "out_dtypes", "batchable")
+    __slots__ = ("meta", "in_index", "in_dtypes", "out_index", "out_dtypes", "batchable", "every_output",
+                 "all_binary", "none_binary")
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
@@ -116,6 +119,11 @@ class _Plan:
         self.out_index = {t.name: i for i, t in enumerate(meta.outputs)}
         self.out_dtypes = [_DTYPES[t.datatype] for t in meta.outputs]
         self.batchable = meta.batchable
+        # Shared by the requests that ask for every output (the usual case): read-only.
+        n = len(meta.outputs)
+        self.every_output = list(range(n))
+        self.all_binary = [True] * n
+        self.none_binary = [False] * n
 
 
 # ModelMeta holds a dict (unhashable), so plans are keyed by identity; the
@@ -266,11 +274,10 @@ def _decode_msgpack(payload: bytes | memoryview, plan: _Plan) -> Request:
 
     names = body.get("outputs")
     if names is None or names == []:
-        outputs = list(range(len(meta.outputs)))
-    else:
-        if not isinstance(names, list):
-            raise BadRequest("'outputs' must be a list of output names")
-        outputs = _output_indices(plan, names)
+        return Request(rid, checked, plan.every_output, plan.none_binary, FMT_MSGPACK, batch)
+    if not isinstance(names, list):
+        raise BadRequest("'outputs' must be a list of output names")
+    outputs = _output_indices(plan, names)
     return Request(rid, checked, outputs, [False] * len(outputs), FMT_MSGPACK, batch)
 
 
@@ -431,8 +438,7 @@ def _oip_outputs(raw: Any, params: dict, plan: _Plan) -> tuple[list[int], list[b
     """Requested outputs and their binary flags from an OIP request."""
     default = bool(_flag(params, "binary_data_output", "request"))
     if raw is None or raw == []:
-        n = len(plan.meta.outputs)
-        return list(range(n)), [default] * n
+        return plan.every_output, (plan.all_binary if default else plan.none_binary)
     if not isinstance(raw, list) or not all(isinstance(o, dict) for o in raw):
         raise BadRequest("'outputs' must be a list of objects with a 'name'")
     indices = _output_indices(plan, [o.get("name") for o in raw])
@@ -450,6 +456,9 @@ def _oip_outputs(raw: Any, params: dict, plan: _Plan) -> tuple[list[int], list[b
 
 
 # -- encoding ---------------------------------------------------------------------------------------------
+
+# One Packer for the worker (single-threaded): msgpack.packb() builds one per call.
+_pack = msgpack.Packer().pack
 
 
 def _wire(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -501,7 +510,7 @@ def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta
         if req.id is not None:
             reply["id"] = req.id
         reply["outputs"] = tensors
-        return 0, msgpack.packb(reply)
+        return 0, _pack(reply)
 
     items = []
     blobs: list[memoryview] = []
