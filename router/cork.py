@@ -11,6 +11,8 @@ request pays nothing.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -36,9 +38,40 @@ class Cork:
     def open(self) -> None:
         self.depth += 1
 
+    def run(self, handle: Callable[[list[bytes]], None], frames: list[bytes]) -> None:
+        """``handle(frames)`` — with the cork open while it runs when there is more than one frame."""
+        if len(frames) < 2:
+            handle(frames)
+            return
+        self.depth += 1
+        try:
+            handle(frames)
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.depth -= 1
         if not self.depth and self._held:
             held, self._held = self._held, []
             for writer in held:
                 writer.flush_held()
+
+
+class Holding:
+    """Mixin of a writer whose frames wait while its cork is open: the link ends, msgpack connections."""
+
+    cork: Cork
+    transport: asyncio.Transport | None
+    _held: list[bytes]
+
+    def hold_frames(self, *frames: bytes) -> None:
+        """Keep ``frames`` for the cork's flush (only while ``cork.depth``)."""
+        if not self._held:
+            self.cork.hold(self)
+        self._held.extend(frames)
+
+    def flush_held(self) -> None:
+        held, self._held = self._held, []
+        t = self.transport
+        if held and t is not None and not t.is_closing():  # a lost link: fail_all answers its calls
+            t.write(b"".join(held))

@@ -170,7 +170,6 @@ class Pools:
         #: model -> the pool it replaced, kept warm for a rollback.
         self.previous: dict[str, ModelRoute] = {}
         self._routes: list[ModelRoute] = []  # every pool with workers: active, previous, standby
-        self._pool_of: dict[int, VersionPool] = {}
         self._route_of: dict[int, ModelRoute] = {}
         self._retire_timers: dict[str, asyncio.TimerHandle] = {}
         self._stopping: set[asyncio.Task[None]] = set()
@@ -206,10 +205,8 @@ class Pools:
         shadows = {v: ShadowTarget(mc.name, p, self.timeout, self.max_inflight, self.metrics)
                    for v, p in pools.items()}
         route = ModelRoute(mc, pools, shadows, pool)
-        for p in pools.values():
-            for r in p.replicas:
-                self._pool_of[id(r)] = p
-                self._route_of[id(r)] = route
+        for r in route.replicas:
+            self._route_of[id(r)] = route
         self._routes.append(route)
         return route
 
@@ -224,7 +221,7 @@ class Pools:
         route = self._route_of.get(id(replica))
         if route is None:  # its pool was stopped
             return
-        self._pool_of[id(replica)].refresh()
+        route.versions[replica.vc.version].refresh()
         route.rebuild()
         labels = (replica.model, replica.vc.version, str(replica.index), route.pool)
         self.metrics.worker_up.labels(*labels).set(1 if replica.live else 0)
@@ -276,7 +273,6 @@ class Pools:
         if route in self._routes:
             self._routes.remove(route)
         for r in route.replicas:
-            self._pool_of.pop(id(r), None)
             self._route_of.pop(id(r), None)
             try:
                 self.metrics.worker_up.remove(r.model, r.vc.version, str(r.index), route.pool)

@@ -22,7 +22,7 @@ import msgpack
 
 from . import link
 from .config import VersionConfig
-from .cork import Cork
+from .cork import Cork, Holding
 from .errors import FrameError, WorkerUnavailable
 from .framing import FrameScanner
 from .link import KIND_WARMUP, STATUS_HELLO
@@ -61,7 +61,7 @@ class CopyCall(Call):
 _COPIES_PER_WRITE = 32
 
 
-class WorkerLink(asyncio.Protocol):
+class WorkerLink(asyncio.Protocol, Holding):
     """The router's end of one worker socket: sends requests, matches replies by id."""
 
     def __init__(self, name: str, max_frame: int, on_lost: Callable[[WorkerLink], None],
@@ -91,16 +91,10 @@ class WorkerLink(asyncio.Protocol):
         except FrameError as exc:
             self._corrupt(exc)
             return
-        cork = self.cork if len(frames) > 1 else None
-        if cork is not None:
-            cork.open()  # a batch of replies: one write to each pipelined client
         try:
-            self._replies(frames)
+            self.cork.run(self._replies, frames)  # a batch of replies: one write to each pipelined client
         except FrameError as exc:
             self._corrupt(exc)
-        finally:
-            if cork is not None:
-                cork.close()
 
     def _replies(self, frames: list[bytes]) -> None:
         pending = self.pending
@@ -145,22 +139,14 @@ class WorkerLink(asyncio.Protocol):
             call.done(503, 0, f"{self.name}: worker not connected".encode())
             return
         if self.cork.depth:  # more requests of the same read follow: write them together
-            if not self._held:
-                self.cork.hold(self)
             if len(payload) < 65536:
-                self._held.append(link.pack(rid, kind, header_len, payload))
+                self.hold_frames(link.pack(rid, kind, header_len, payload))
             else:
-                self._held += (link.pack_head(rid, kind, header_len, len(payload)), payload)
+                self.hold_frames(link.pack_head(rid, kind, header_len, len(payload)), payload)
         elif len(payload) < 65536:
             t.write(link.pack(rid, kind, header_len, payload))
         else:  # skip the copy of a large payload
             t.writelines((link.pack_head(rid, kind, header_len, len(payload)), payload))
-
-    def flush_held(self) -> None:
-        held, self._held = self._held, []
-        t = self.transport
-        if t is not None:  # else the link is lost and fail_all answers the calls
-            t.write(b"".join(held))
 
     def send_shadow(self, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
                     call: CopyCall) -> None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
+from .cork import Holding
 from .errors import FrameError, InferenceError, WorkerUnavailable
 from .framing import FrameScanner, pack_header, parse_request
 from .link import FMT_MSGPACK
@@ -47,7 +48,7 @@ def reply_frame(rid: int | None, status: int, version: str | None, result: bytes
     return pack_header(len(body)) + body
 
 
-class WireProtocol(asyncio.Protocol):
+class WireProtocol(asyncio.Protocol, Holding):
     """One client connection."""
 
     def __init__(self, server: Server) -> None:
@@ -90,37 +91,25 @@ class WireProtocol(asyncio.Protocol):
         except FrameError as exc:
             self._fatal(exc)
             return
-        cork = self.cork if len(frames) > 1 else None
-        if cork is not None:
-            cork.open()  # many requests in one read: one write to each worker
-        try:
-            for body in frames:
-                try:
-                    rid, model, version, key, offset = parse_request(body)
-                except FrameError as exc:
-                    self._fatal(exc)
-                    return
-                self._dispatch(rid, model, version, key, body[offset:])
-        finally:
-            if cork is not None:
-                cork.close()
+        self.cork.run(self._requests, frames)  # many requests in one read: one write to each worker
+
+    def _requests(self, frames: list[bytes]) -> None:
+        for body in frames:
+            try:
+                rid, model, version, key, offset = parse_request(body)
+            except FrameError as exc:
+                self._fatal(exc)
+                return
+            self._dispatch(rid, model, version, key, body[offset:])
 
     def _write(self, frame: bytes) -> None:
         t = self.transport
         if t is None:
             return
         if self.cork.depth:  # more replies of the same worker read follow
-            if not self._held:
-                self.cork.hold(self)
-            self._held.append(frame)
+            self.hold_frames(frame)
         else:
             t.write(frame)
-
-    def flush_held(self) -> None:
-        held, self._held = self._held, []
-        t = self.transport
-        if held and t is not None and not t.is_closing():
-            t.write(b"".join(held))
 
     def _fatal(self, exc: FrameError) -> None:
         """A malformed frame: read no more, answer what is in flight, then one error reply and close.

@@ -226,7 +226,7 @@ def _decode_oip(payload: bytes | memoryview, header_len: int, plan: _Plan, fmt: 
                 f"unexpected size for input {name!r}: expected {size} bytes of binary data, "
                 f"{end - offset} left in the body"
             )
-        arrays[idx] = from_buffer(payload, offset, count, shape, dtype, "input", name)
+        arrays[idx] = from_buffer(payload, offset, shape, dtype, "input", name)
         offset += size
     if offset != end:
         raise BadRequest(f"unexpected additional input data: {end - offset} bytes after the last input")
@@ -269,7 +269,7 @@ def _decode_msgpack(payload: bytes | memoryview, plan: _Plan) -> Request:
                 f"input {name!r}: data holds {len(data)} bytes, shape {shape} of {spec.datatype} "
                 f"needs {count * dtype.itemsize}"
             )
-        arrays[idx] = from_buffer(data, 0, count, shape, dtype, "input", name)
+        arrays[idx] = from_buffer(data, 0, shape, dtype, "input", name)
     checked, batch = _finish_inputs(plan, arrays)
 
     names = body.get("outputs")
@@ -334,9 +334,9 @@ def _binary_size(params: dict, name: str) -> int | None:
 
 
 def from_buffer(
-    buf: bytes | memoryview, offset: int, count: int, shape: list[int], dtype: np.dtype, what: str, name: str
+    buf: bytes | memoryview, offset: int, shape: list[int], dtype: np.dtype, what: str, name: str
 ) -> np.ndarray:
-    """View ``count`` elements of ``buf`` at ``offset`` as an array of ``shape`` (sizes already checked).
+    """View ``buf`` from ``offset`` as an array of ``shape`` (the caller checked the size).
 
     Shared with :mod:`runtime.compare`; errors name ``what`` and ``name`` (``input 'x': ...``).
     """
@@ -346,7 +346,7 @@ def from_buffer(
         # The JSON header has any length, so binary data lands at any offset;
         # misaligned element access is undefined for compiled kernels.
         arr = arr.copy()
-    if dtype.kind == "b" and count and arr.view(np.uint8).max() > 1:
+    if dtype.kind == "b" and arr.size and arr.view(np.uint8).max() > 1:
         raise BadRequest(f"{what} {name!r}: BOOL bytes must be 0 or 1")
     return arr
 

@@ -134,7 +134,7 @@ def _decode_oip(payload: bytes | memoryview, header_len: int) -> dict[str, np.nd
             raise BadRequest(f"{where}: binary_data_size {size} for shape {shape} {datatype} ({expected} expected)")
         if size > end - offset:
             raise BadRequest(f"{where}: binary_data_size {size}, but only {end - offset} bytes of binary data left")
-        arrays[name] = from_buffer(payload, offset, count, shape, dtype, _OUTPUT, name)
+        arrays[name] = from_buffer(payload, offset, shape, dtype, _OUTPUT, name)
         offset += size
     if offset != end:
         raise BadRequest(f"{_WHERE}: {end - offset} bytes of binary data after the last binary output")
@@ -168,7 +168,7 @@ def _decode_msgpack(payload: bytes | memoryview) -> dict[str, np.ndarray]:
         expected = count * dtype.itemsize
         if len(data) != expected:
             raise BadRequest(f"{where}: {len(data)} bytes of data for shape {shape} {datatype} ({expected} expected)")
-        arrays[name] = from_buffer(data, 0, count, shape, dtype, _OUTPUT, name)
+        arrays[name] = from_buffer(data, 0, shape, dtype, _OUTPUT, name)
     return arrays
 
 
