@@ -48,6 +48,11 @@ Scenarios (keys ``FORMAT/TARGET/MODEL/cN``; ``--only REGEX`` keeps the keys it m
   (``PUT /admin/models/mlp-small/traffic {"shadow": {"copy": 1}}`` before the
   run, ``{"shadow": {"copy": 0}}`` after it); copies compared and dropped are
   counted from ``router_shadow_requests_total`` in ``/metrics``;
+* ``tcp/poll`` c=1 and depth 64 (fraud, mlp-small) and ``json/poll`` c=1 and
+  c=32 (mlp-small): a second daemon on the same core, serving the live versions
+  of fraud and mlp-small with ``server.busy_poll_us = --busy-poll-us``
+  (default 1000; 0 leaves it out). It sleeps while the other scenarios run:
+  it polls only for that long after its own requests;
 * ``inproc/inproc``: ``bench/inproc.py``: the model's forward called in a loop
   in one process on the server core, no serving at all: batch 1 for every
   model, and batch 32 for ``mlp-wide`` (per-row cost: what batching can buy);
@@ -91,10 +96,12 @@ memory, cold starts and the targets, each MET or MISSED (``n/a`` when
 * mlp-small, HTTP OIP JSON: c=32 router req/s >= 2x the floor's; c=1 router
   p50 <= floor p50 + 40 µs;
 * mlp-wide, HTTP OIP JSON c=32 (batching on): router req/s >= 3x the floor's;
-* msgpack TCP c=1: p50 <= TCP echo p50 + 50 µs, and pipelined depth 64 on one
+* msgpack TCP c=1: p50 <= 2x the TCP echo p50 (the spine's target) and
+  <= TCP echo p50 + 50 µs, and pipelined depth 64 on one
   connection >= 60,000 inferences/s, for fraud and mlp-small (a forward of a
   few µs: these targets are about the serving path; mlp-wide's forward alone,
-  about 200 µs, is in its in-process row);
+  about 200 µs, is in its in-process row); each for the default daemon and
+  for the busy-polling one;
 * router process RSS <= 120 MiB (its peak, VmHWM, after the load);
 * two workers ready <= 3 s after spawn (the separate two-worker daemon, median).
 
@@ -145,6 +152,9 @@ NOBATCH = "nobatch"
 SHADOW_MODEL, SHADOW_VERSION = "mlp-small", "copy"
 SHADOW_LOADS = (("json", 1), ("json", 32), ("tcp", 1))
 CUDA_VERSION, CUDA_DEVICE = "cuda", "cuda:0"
+#: Scenarios of the second daemon, the same models behind ``server.busy_poll_us``.
+POLL_LOADS = (("tcp", "fraud", 1), ("tcp", "mlp-small", 1), ("tcp", "fraud", TARGET_DEPTH),
+              ("tcp", "mlp-small", TARGET_DEPTH), ("json", "mlp-small", 1), ("json", "mlp-small", 32))
 CUDA_CONCS = (1, 32)
 INPROC_BATCH = 32
 #: The versions of the separate daemon whose cold start is a target.
@@ -156,6 +166,7 @@ TARGET_SMALL_RATIO = 2.0  # mlp-small, HTTP OIP JSON c=32: router req/s >= 2.0 x
 TARGET_SMALL_P50_US = 40.0  # mlp-small, HTTP OIP JSON c=1: router p50 <= floor p50 + 40 µs
 TARGET_WIDE_RATIO = 3.0  # mlp-wide, HTTP OIP JSON c=32 (batching on): router req/s >= 3 x the floor's
 TARGET_ECHO_US = 50.0  # msgpack TCP c=1: p50 <= TCP echo p50 + 50 µs
+TARGET_ECHO_RATIO = 2.0  # msgpack TCP c=1: p50 <= 2 x TCP echo p50 (the spine's target)
 TARGET_PIPE_RPS = 60_000.0  # msgpack TCP, depth 64 on one connection: inferences/s
 TARGET_RSS_MIB = 120.0  # router process RSS (its peak)
 TARGET_TWO_READY_S = 3.0  # a daemon serving two workers: spawn -> /v2/health/ready 200
@@ -390,6 +401,17 @@ def write_config(path: Path, store: Path, cpu: int, max_batch_size: int, max_bat
     return workers
 
 
+def write_poll_config(path: Path, store: Path, cpu: int, max_batch_size: int, max_batch_delay_us: int,
+                      busy_poll_us: int) -> None:
+    """The busy-polling daemon: the live version of each of ``SMALL_MODELS``, pinned to ``cpu``."""
+    parts = [f"[server]\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\nbusy_poll_us = {busy_poll_us}\n\n"
+             f"[store]\npath = {json.dumps(str(store))}\n"]
+    for model in SMALL_MODELS:
+        parts.append(f'\n[[models]]\nname = "{model}"\n' + version_block(
+            PAYLOADS[model].answering_version, cpu, 1, max_batch_size, max_batch_delay_us))
+    path.write_text("".join(parts))
+
+
 def write_cold_config(path: Path, store: Path, cpu: int) -> None:
     """A daemon serving exactly the two ``COLD_START_VERSIONS`` (one worker each), pinned to ``cpu``."""
     parts = [f"[server]\nrequest_timeout_ms = {REQUEST_TIMEOUT_MS}\n\n[store]\npath = {json.dumps(str(store))}\n"]
@@ -472,7 +494,8 @@ def close_enough(a: list[float], b: list[float], tol: float) -> bool:
 
 _FORMAT_LABELS = {"json": "HTTP JSON", "binary": "HTTP binary", "msgpack": "HTTP msgpack", "tcp": "msgpack TCP",
                   "echo": "TCP echo", "inproc": "in-process forward"}
-_TARGET_LABELS = {"router": "router", "nobatch": "router, batching off", "shadow": "router, shadow 100%",
+_TARGET_LABELS = {"router": "router", "poll": "router, busy poll", "nobatch": "router, batching off",
+                  "shadow": "router, shadow 100%",
                   "cuda": f"router, {CUDA_DEVICE}", "floor": "floor", "echo": "", "inproc": "",
                   "inproc-cuda": CUDA_DEVICE}
 
@@ -482,7 +505,7 @@ class Scenario:
     """One load (or reference) measured ``--runs`` times."""
 
     proto: str  # "json", "binary", "msgpack" (HTTP bodies), "tcp" (msgpack TCP), "echo" or "inproc"
-    target: str  # "router", "nobatch", "shadow", "cuda", "floor", "echo", "inproc" or "inproc-cuda"
+    target: str  # "router", "poll", "nobatch", "shadow", "cuda", "floor", "echo", "inproc" or "inproc-cuda"
     model: str
     conc: int  # HTTP connections, TCP requests in flight, or rows per call (in-process)
     runs: list[dict[str, Any]] = field(default_factory=list)
@@ -502,7 +525,7 @@ class Scenario:
 
     @property
     def on_router(self) -> bool:
-        return self.target in ("router", "nobatch", "shadow", "cuda")
+        return self.target in ("router", "poll", "nobatch", "shadow", "cuda")
 
     @property
     def payload(self) -> Payload:
@@ -524,8 +547,8 @@ class Scenario:
         return str(self.conc)
 
 
-def grid(gpu: bool) -> list[Scenario]:
-    """Every scenario of the suite, in table order."""
+def grid(gpu: bool, poll: bool) -> list[Scenario]:
+    """Every scenario of the suite, in table order (``poll``: with the busy-polling daemon's)."""
     out: list[Scenario] = []
     for model in MODELS:
         for fmt in HTTP_FORMATS:
@@ -539,6 +562,8 @@ def grid(gpu: bool) -> list[Scenario]:
         if model == "mlp-wide":
             out.append(Scenario("inproc", "inproc", model, INPROC_BATCH))
     out += [Scenario(proto, "shadow", SHADOW_MODEL, c) for proto, c in SHADOW_LOADS]
+    if poll:
+        out += [Scenario(proto, "poll", model, c) for proto, model, c in POLL_LOADS]
     if gpu:
         out += [Scenario("json", "cuda", "mlp-wide", c) for c in CUDA_CONCS]
         out += [Scenario("inproc", "inproc-cuda", "mlp-wide", b) for b in (1, INPROC_BATCH)]
@@ -576,8 +601,11 @@ class Bench:
         self.disturbed: list[str] = []
         self.procs: list[Proc] = []
         self.info: dict[str, Any] = {}
-        self.ports = {"http": free_port(), "msgpack": free_port(), "floor": free_port(), "echo": free_port()}
+        self.ports = {"http": free_port(), "msgpack": free_port(), "floor": free_port(), "echo": free_port(),
+                      "poll_http": free_port(), "poll_msgpack": free_port()}
         self.router: Proc | None = None
+        self.poll: Proc | None = None  # the busy-polling daemon (--busy-poll-us)
+        self.poll_workers: dict[str, int] = {}
         self.floor: Proc | None = None
         self.echo: Proc | None = None
         self.expected: list[str] = []
@@ -606,6 +634,15 @@ class Bench:
         self.workers = daemon_workers(self.ports["http"])
         self.info["router_rss_ready_kib"] = kib(status_field(self.router.pid, "VmRSS"))
         self.info["compiled_extensions"] = "compiled extensions:" in self.router.log
+        if a.poll_daemon:
+            cfg = self.tmp / "config-poll.toml"
+            write_poll_config(cfg, self.store, a.server_cpu, a.max_batch_size, a.max_batch_delay_us, a.busy_poll_us)
+            self.poll = self._spawn("poll", [py, "-m", "router", "serve", "--config", str(cfg),
+                                             "--http", f"{HOST}:{self.ports['poll_http']}",
+                                             "--msgpack", f"{HOST}:{self.ports['poll_msgpack']}"])
+            wait_http_ready(self.poll, self.ports["poll_http"], 300)
+            self.poll_workers = daemon_workers(self.ports["poll_http"])
+            log(f"busy-polling daemon ready (server.busy_poll_us = {a.busy_poll_us})")
         self.floor = self._spawn("floor", [py, "-m", "bench.floor", "--store", str(self.store),
                                            "--port", str(self.ports["floor"]),
                                            *(f"{m}/{PAYLOADS[m].answering_version}" for m in MODELS)])
@@ -670,6 +707,9 @@ class Bench:
             raise BenchError(f"expected workers {sorted(self.expected)}, the daemon runs {sorted(self.workers)}")
         pids = {"router": self.router.pid, "floor": self.floor.pid, "echo": self.echo.pid}
         pids.update({f"worker {k}": v for k, v in self.workers.items()})
+        if self.poll is not None:
+            pids["busy-polling router"] = self.poll.pid
+            pids.update({f"busy-polling worker {k}": v for k, v in self.poll_workers.items()})
         for name, pid in pids.items():
             got = status_field(pid, "Cpus_allowed_list")
             if got != want:
@@ -692,12 +732,18 @@ class Bench:
                     if not close_enough(got[fmt], want["json"], tol):
                         raise BenchError(f"{model}: the floor answers {want['json'][:10]}, the router "
                                          f"({q.answering_version}, {fmt}) {got[fmt][:10]}")
-            self._probe_tcp(p, want["json"])
+            self._probe_tcp(p, want["json"], self.ports["msgpack"])
+            if self.poll is not None and model in SMALL_MODELS:
+                got = self._probe_http(p, "poll", p.http_path, p.answering_version)
+                if not close_enough(got["json"], want["json"], 1e-5):
+                    raise BenchError(f"{model}: the floor answers {want['json'][:10]}, the busy-polling "
+                                     f"router {got['json'][:10]}")
+                self._probe_tcp(p, want["json"], self.ports["poll_msgpack"])
         self._probe_shadow()
 
     def _probe_http(self, p: Payload, target: str, path: str, version: str) -> dict[str, list[float]]:
         """Every HTTP format against ``target``: status 200, a well-formed reply, the same values."""
-        port = self.ports["http" if target == "router" else "floor"]
+        port = self.ports[{"router": "http", "poll": "poll_http"}.get(target, "floor")]
         got: dict[str, list[float]] = {}
         for fmt in HTTP_FORMATS:
             body, headers = p.http_request(fmt)
@@ -717,10 +763,10 @@ class Bench:
                 raise BenchError(f"{what}: {fmt} answers {got[fmt][:10]}, JSON {got['json'][:10]}")
         return got
 
-    def _probe_tcp(self, p: Payload, expect: list[float]) -> None:
+    def _probe_tcp(self, p: Payload, expect: list[float], port: int) -> None:
         import msgpack
 
-        with socket.create_connection((HOST, self.ports["msgpack"]), timeout=10) as s:
+        with socket.create_connection((HOST, port), timeout=10) as s:
             s.sendall(p.frame(42))
             buf = b""
             while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
@@ -771,6 +817,9 @@ class Bench:
 
     def _server_pids(self, sc: Scenario) -> dict[str, int]:
         assert self.router and self.floor and self.echo
+        if sc.target == "poll":
+            assert self.poll
+            return {"router": self.poll.pid, "worker": self.poll_workers[f"{sc.model}/{sc.payload.answering_version}"]}
         if sc.on_router:
             pids = {"router": self.router.pid,
                     "worker": self.workers[f"{sc.model}/{sc.payload.answering_version}"]}
@@ -781,14 +830,15 @@ class Bench:
 
     def _all_server_pids(self) -> list[int]:
         assert self.router and self.floor and self.echo
-        return [self.router.pid, *self.workers.values(), self.floor.pid, self.echo.pid]
+        polling = [self.poll.pid, *self.poll_workers.values()] if self.poll else []
+        return [self.router.pid, *self.workers.values(), *polling, self.floor.pid, self.echo.pid]
 
     def _client_argv(self, sc: Scenario, duration: int) -> tuple[list[str], dict[str, str]]:
         cpu = ["taskset", "-c", str(self.a.client_cpu)]
         p = sc.payload
         env = dict(os.environ)
         if sc.http:
-            port, path = ((self.ports["http"], p.http_path) if sc.on_router
+            port, path = ((self.ports["poll_http" if sc.target == "poll" else "http"], p.http_path) if sc.on_router
                           else (self.ports["floor"], p.floor_path))
             _, headers = p.http_request(sc.proto)
             env.pop("BENCH_BODY", None)
@@ -796,7 +846,7 @@ class Bench:
             env["BENCH_HEADERS"] = "\n".join(f"{k}: {v}" for k, v in headers.items())
             return cpu + ["wrk", "-t1", f"-c{sc.conc}", f"-d{duration}s", "--timeout", "10s", "--latency",
                           "-s", str(LUA), f"http://{HOST}:{port}{path}"], env
-        port = self.ports["msgpack"] if sc.proto == "tcp" else self.ports["echo"]
+        port = self.ports["echo" if sc.proto == "echo" else "poll_msgpack" if sc.target == "poll" else "msgpack"]
         argv = cpu + [sys.executable, "-m", "bench.client", "--port", str(port), "--mode",
                       "echo" if sc.proto == "echo" else "msgpack", "--model", sc.model,
                       "--depth", str(sc.conc), "--duration", str(duration),
@@ -990,6 +1040,8 @@ class Bench:
         now = daemon_workers(self.ports["http"])
         if now != self.workers:
             self.errors.append(f"workers changed during the benchmark (a restart?): {self.workers} -> {now}")
+        if self.poll is not None and daemon_workers(self.ports["poll_http"]) != self.poll_workers:
+            self.errors.append("the busy-polling daemon's workers changed during the benchmark (a restart?)")
         self.info["router_rss_kib"] = kib(status_field(self.router.pid, "VmRSS"))
         self.info["router_hwm_kib"] = kib(status_field(self.router.pid, "VmHWM"))
         self.info["worker_rss_kib"] = {k: kib(status_field(v, "VmRSS")) for k, v in self.workers.items()}
@@ -999,7 +1051,7 @@ class Bench:
         """Stop every process started here; a router that does not exit 0 on SIGTERM is an error."""
         for p in reversed(self.procs):
             code = p.stop()
-            if p is self.router and code != 0:
+            if p in (self.router, self.poll) and code != 0:
                 self.errors.append(f"router exited with {code} on SIGTERM:\n{p.log[-2000:]}")
 
 
@@ -1075,20 +1127,30 @@ def targets(by: dict[str, dict[str, float]], ana: dict[str, Any], info: dict[str
         f"{by['json/floor/mlp-small/c1']['p50_us']:.0f} µs)"))
     ratio("json/router/mlp-wide/c32", TARGET_WIDE_RATIO,
           f"HTTP OIP JSON c=32 throughput >= {TARGET_WIDE_RATIO:g}x floor, batching on (mlp-wide)")
-    for model in SMALL_MODELS:
-        key = f"tcp/router/{model}/c1"
-        v = ana["vs_echo"].get(key)
-        name = f"msgpack TCP c=1 p50 <= TCP echo p50 + {TARGET_ECHO_US:.0f} µs ({model})"
-        out.append(_target(name, None, "not measured") if v is None else _target(
-            name, v["p50_minus_echo_us"] <= TARGET_ECHO_US,
-            f"{v['p50_minus_echo_us']:+.0f} µs ({by[key]['p50_us']:.0f} vs {by[f'echo/echo/{model}/c1']['p50_us']:.0f}"
-            " µs)"))
-    for model in SMALL_MODELS:
-        m = by.get(f"tcp/router/{model}/c{TARGET_DEPTH}")
-        name = (f"msgpack TCP pipelined depth {TARGET_DEPTH}, one connection >= {TARGET_PIPE_RPS:,.0f} "
-                f"inferences/s ({model})")
-        out.append(_target(name, None, "not measured") if m is None else _target(
-            name, m["rps"] >= TARGET_PIPE_RPS, f"{m['rps']:,.0f}/s"))
+    # Each TCP target for the default daemon and, when it ran, the busy-polling one.
+    for target, how in (("router", ""), ("poll", ", busy poll")):
+        for model in SMALL_MODELS:
+            key = f"tcp/{target}/{model}/c1"
+            v = ana["vs_echo"].get(key)
+            if v is None and target == "poll":
+                continue
+            name = f"msgpack TCP c=1 p50 <= TCP echo p50 + {TARGET_ECHO_US:.0f} µs ({model}{how})"
+            echo = f"vs {by[f'echo/echo/{model}/c1']['p50_us']:.0f} µs echo" if v else ""
+            out.append(_target(name, None, "not measured") if v is None else _target(
+                name, v["p50_minus_echo_us"] <= TARGET_ECHO_US,
+                f"{v['p50_minus_echo_us']:+.0f} µs ({by[key]['p50_us']:.0f} {echo})"))
+            name = f"msgpack TCP c=1 p50 <= {TARGET_ECHO_RATIO:g}x TCP echo p50 ({model}{how})"
+            out.append(_target(name, None, "not measured") if v is None else _target(
+                name, v["p50_over_echo"] <= TARGET_ECHO_RATIO,
+                f"{v['p50_over_echo']:.2f}x ({by[key]['p50_us']:.0f} {echo})"))
+        for model in SMALL_MODELS:
+            m = by.get(f"tcp/{target}/{model}/c{TARGET_DEPTH}")
+            if m is None and target == "poll":
+                continue
+            name = (f"msgpack TCP pipelined depth {TARGET_DEPTH}, one connection >= {TARGET_PIPE_RPS:,.0f} "
+                    f"inferences/s ({model}{how})")
+            out.append(_target(name, None, "not measured") if m is None else _target(
+                name, m["rps"] >= TARGET_PIPE_RPS, f"{m['rps']:,.0f}/s"))
     name = f"router process RSS <= {TARGET_RSS_MIB:.0f} MiB"
     if "router_hwm_kib" in info:
         peak = info["router_hwm_kib"] / 1024
@@ -1245,6 +1307,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--client-cpu", type=int, default=1, help="core of the load generators and this harness")
     p.add_argument("--max-batch-size", type=int, default=32, help="of the batching-on versions")
     p.add_argument("--max-batch-delay-us", type=int, default=0)
+    p.add_argument("--busy-poll-us", type=int, default=1000, metavar="US",
+                   help="server.busy_poll_us of the second daemon behind the 'poll' scenarios (0: no such daemon)")
     a = p.parse_args(argv)
     if a.quick:
         a.duration, a.runs = 1.0, 1
@@ -1254,6 +1318,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a.cold_starts = 1 if a.quick else a.runs
     if a.runs < 1 or a.duration <= 0:
         p.error("--runs and --duration must be positive")
+    if not 0 <= a.busy_poll_us <= 1_000_000:
+        p.error("--busy-poll-us must be in 0..1000000")
     if a.server_cpu == a.client_cpu:
         p.error("--server-cpu and --client-cpu must differ")
     try:
@@ -1280,8 +1346,9 @@ def main(argv: list[str] | None = None) -> int:
         "server_cpu": a.server_cpu, "client_cpu": a.client_cpu, "max_batch_size": a.max_batch_size,
         "max_batch_delay_us": a.max_batch_delay_us, "wrk_warmup_s": a.wrk_warmup,
         "client_warmup_s": a.client_warmup, "inproc_duration_s": a.inproc_duration, "cold_starts": a.cold_starts,
-        "request_timeout_ms": REQUEST_TIMEOUT_MS}}
-    scs = [sc for sc in grid(gpu) if a.only_re.search(sc.key)]
+        "request_timeout_ms": REQUEST_TIMEOUT_MS, "busy_poll_us": a.busy_poll_us}}
+    scs = [sc for sc in grid(gpu, a.busy_poll_us > 0) if a.only_re.search(sc.key)]
+    a.poll_daemon = any(sc.target == "poll" for sc in scs)
     if not scs:
         log(f"no scenario matches --only {a.only!r}; keys look like json/router/mlp-small/c32")
         return 2

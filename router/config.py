@@ -44,6 +44,7 @@ class ServerConfig:
     shadow_priority: str = "idle"
     shadow_flush_us: int = 1000
     keepalive_timeout_s: float = 3630.0
+    busy_poll_us: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,7 +192,7 @@ def parse_address(value: Any, where: str) -> Address | None:
 _SERVER_KEYS = {
     "http", "msgpack", "request_timeout_ms", "max_body_bytes", "drain_timeout_s",
     "max_inflight_per_worker", "worker_start_timeout_s", "shadow_priority", "shadow_flush_us",
-    "keepalive_timeout_s",
+    "keepalive_timeout_s", "busy_poll_us",
 }
 _VERSION_KEYS = {
     "version", "weight", "shadow", "shadow_queue", "replicas", "device", "cpus", "threads",
@@ -295,6 +296,7 @@ def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
         shadow_priority=_choice(s, "shadow_priority", "server", "idle", ("idle", "normal")),
         shadow_flush_us=_int(s, "shadow_flush_us", "server", 1000, 0, 1_000_000),
         keepalive_timeout_s=_num(s, "keepalive_timeout_s", "server", 3630.0, 0.0),
+        busy_poll_us=_int(s, "busy_poll_us", "server", 0, 0, 1_000_000),
     )
     st = _table(top.get("store", {}), "store", {"path"})
     store = Path(_str(st, "path", "store", "model-store"))

@@ -22,6 +22,7 @@ from .cork import Cork
 from .errors import ConfigError, DeployFailed, NoPreviousPool, NotFound, WorkerUnavailable
 from .meta import MODEL_FILE, ModelMeta, read_meta
 from .metrics import Metrics
+from .poll import BusyPoll
 from .shadow import ShadowTarget
 from .splitter import MirrorTable, WeightTable
 from .supervisor import Call, Replica
@@ -166,6 +167,8 @@ class Pools:
         self.max_inflight = config.server.max_inflight_per_worker
         #: Write coalescing shared by every link and the msgpack front (router.cork).
         self.cork = Cork()
+        #: Busy polling after each request (router.poll); idle forever when off.
+        self.poll = BusyPoll(config.server.busy_poll_us / 1e6)
         self.models: dict[str, ModelRoute] = {}
         #: model -> the pool it replaced, kept warm for a rollback.
         self.previous: dict[str, ModelRoute] = {}
@@ -445,4 +448,8 @@ class Pools:
             raise WorkerUnavailable(
                 f"{replica.name} is overloaded ({self.max_inflight} requests in flight)")
         link.send(kind, header_len, payload, Call(done, now + self.timeout))
+        poll = self.poll
+        poll.count += 1
+        if poll.idle:
+            poll.start()
         return pool.version

@@ -210,6 +210,9 @@ class Server:
         # What start-up built lives as long as the process: out of the collector's
         # sight, a full collection no longer walks it (tail latency, not throughput).
         gc.freeze()
+        self.pools.poll.bind(loop)
+        if s.busy_poll_us:
+            log.info("busy polling for %d us after each request", s.busy_poll_us)
         log.info("ready")
 
     async def _sweep(self) -> None:
@@ -246,6 +249,7 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, stop workers."""
         self.draining = True
+        self.pools.poll.close()
         self.pools.stop_mirroring()
         if self._wire is not None:
             self._wire.close()

@@ -33,6 +33,8 @@ def test_defaults():
     assert (v.replicas, v.device, v.cpus, v.effective_threads, v.max_batch_size, v.max_batch_delay_us) == (
         1, "cpu", (), 1, 32, 0)
     assert c.server.request_timeout_ms == 1000 and c.server.max_body_bytes == 16 * 1024 * 1024
+    assert c.server.busy_poll_us == 0  # polling is opt-in: an idle-looking core is what most expect
+    assert parse_config({"server": {"busy_poll_us": 250}, **base()}).server.busy_poll_us == 250
     assert parse_config(base(cpus=[0, 1])).models[0].versions[0].effective_threads == 2
     assert parse_config(base(version=3)).models[0].versions[0].version == "3"
 
@@ -51,6 +53,9 @@ def test_defaults():
     (base(shadow=0.5, weight=1), "a shadow version takes no live traffic"),
     ({"server": {"shadow_priority": "low"}, **base()}, "server.shadow_priority: must be one of 'idle', 'normal'"),
     ({"server": {"shadow_flush_us": -1}, **base()}, "server.shadow_flush_us: must be >= 0"),
+    ({"server": {"busy_poll_us": -5}, **base()}, "server.busy_poll_us: must be >= 0"),
+    ({"server": {"busy_poll_us": 2_000_000}, **base()}, "server.busy_poll_us: must be <= 1000000"),
+    ({"server": {"busy_poll_us": 1.5}, **base()}, "server.busy_poll_us: must be an integer"),
     (base(max_batch_size=0), "models[0].versions[0].max_batch_size: must be >= 1"),
     (base(bogus=1), "models[0].versions[0].bogus: unknown key"),
     (base(optimize="yes"), "models[0].versions[0].optimize: must be true or false"),
