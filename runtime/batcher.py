@@ -91,10 +91,18 @@ class Batcher:
             log.warning("forward failed for a batch of %d (%s); running its requests one by one", len(group), exc)
             return [self._alone(rid, req) for rid, req in group]
         replies = []
+        reply = self._reply
         start = 0
+        if len(outs) == 1:  # the usual single-output model: no list comprehension per request
+            out = outs[0]
+            for rid, req in group:
+                stop = start + req.batch
+                replies.append(reply(rid, req, [out[start:stop]]))
+                start = stop
+            return replies
         for rid, req in group:
             stop = start + req.batch
-            replies.append(self._reply(rid, req, [o[start:stop] for o in outs]))
+            replies.append(reply(rid, req, [o[start:stop] for o in outs]))
             start = stop
         return replies
 

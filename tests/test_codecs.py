@@ -885,3 +885,105 @@ def test_fuzz_mutated_valid_requests(draw: st.DataObject, fmt: int, n: int, dele
     body = mutate(body, path, replacement, delete)
     payload = msgpack.packb(body) if fmt == FMT_MSGPACK else dumps(body)
     decode_or_bad_request(fmt, payload, 0)
+
+
+# Single-input models take the one-pass msgpack path (runtime.codecs._msgpack_only) when the
+# request is valid and asks for every output; it must agree with the general path on everything.
+ONE_META = parse_meta({
+    "name": "one", "version": "1",
+    "inputs": [{"name": "features", "datatype": "FP32", "shape": [-1, 8]}],
+    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
+    "example": {"features": [[0.5] * 8]},
+})
+ONE_FIXED_META = parse_meta({  # not batchable: batch is 1 whatever dim 0 says
+    "name": "one-fixed", "version": "1",
+    "inputs": [{"name": "pix", "datatype": "UINT8", "shape": [2, -1]}],
+    "outputs": [{"name": "out", "datatype": "FP64", "shape": [2]}],
+    "example": {"pix": [[1], [2]]},
+})
+one_requests = st.fixed_dictionaries(
+    {"inputs": st.dictionaries(
+        st.sampled_from(["features", "pix", "ids"]),
+        st.fixed_dictionaries(
+            {"datatype": st.sampled_from(["FP32", "UINT8", "FP64", "BOOL"]) | mp_values,
+             "shape": st.lists(st.integers(-1, 4) | st.booleans(), max_size=3) | mp_values,
+             "data": st.binary(max_size=40).map(lambda b: b * 2) | mp_values},
+            optional={"extra": mp_values},
+        ) | mp_values,
+        max_size=2,
+    ) | mp_values},
+    optional={"id": st.text(max_size=5) | mp_values,
+              "outputs": st.sampled_from([[], ["probabilities"], ["out"], ["nope"]]) | mp_values,
+              "parameters": mp_values},
+)
+
+
+
+@st.composite
+def near_valid_one_requests(draw: st.DrawFn) -> dict:
+    """Bodies one step from valid for ONE_META or ONE_FIXED_META: most take the one-pass path."""
+    name, datatype, width = draw(st.sampled_from([("features", "FP32", 8), ("pix", "UINT8", 3)]))
+    rows = draw(st.integers(0, 3))
+    shape: list = [rows, draw(st.sampled_from([width, width, width - 1]))]
+    size = rows * shape[1] * (4 if datatype == "FP32" else 1) + draw(st.sampled_from([0, 0, 0, 1, -1]))
+    tensor = {"datatype": draw(st.sampled_from([datatype, datatype, "FP64"])), "shape": shape,
+              "data": bytes(max(size, 0))}
+    body: dict = {"inputs": {name: tensor}}
+    if draw(st.booleans()):
+        body["id"] = draw(st.sampled_from(["a", "", 7]))
+    if draw(st.booleans()):
+        body["outputs"] = draw(st.sampled_from([[], ["probabilities"], ["out"], None]))
+    return body
+
+
+def general_path(payload: bytes, meta: ModelMeta) -> Request | str:
+    from runtime import codecs
+
+    plan = codecs._Plan(meta)
+    plan.only = None  # no one-pass path: the general decoder alone
+    try:
+        return codecs._decode_msgpack(payload, plan)
+    except BadRequest as exc:
+        return str(exc)
+
+
+def same_request(a: Request | str, b: Request | str) -> None:
+    if isinstance(a, str) or isinstance(b, str):
+        assert a == b
+        return
+    assert (a.id, a.outputs, a.binary, a.fmt, a.batch) == (b.id, b.outputs, b.binary, b.fmt, b.batch)
+    assert len(a.arrays) == len(b.arrays)
+    for x, y in zip(a.arrays, b.arrays, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes()
+
+
+@FUZZ
+@given(body=one_requests | near_valid_one_requests(), meta=st.sampled_from([ONE_META, ONE_FIXED_META]))
+def test_fuzz_the_one_pass_msgpack_path_agrees_with_the_general_one(body: dict, meta: ModelMeta) -> None:
+    payload = msgpack.packb(body)
+    try:
+        got: Request | str = decode_request(FMT_MSGPACK, payload, 0, meta)
+    except BadRequest as exc:
+        got = str(exc)
+    same_request(got, general_path(payload, meta))
+
+
+def test_the_one_pass_msgpack_path_takes_valid_requests() -> None:
+    from runtime import codecs
+
+    x = features(3)
+    for extra in ({}, {"id": "r1"}, {"outputs": []}):
+        body = msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": [3, 8], "data": x.tobytes()}},
+                              **extra})
+        plan = codecs._plan(ONE_META)
+        req = codecs._msgpack_only(msgpack.unpackb(body), plan, plan.only)  # type: ignore[arg-type]
+        assert req is not None and req.batch == 3 and req.id == extra.get("id")
+        np.testing.assert_array_equal(req.arrays[0], x)
+        same_request(req, general_path(body, ONE_META))
+    # What it leaves to the general path: other outputs, BOOL inputs, several inputs.
+    plan = codecs._plan(ONE_META)
+    asks = msgpack.unpackb(msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": [1, 8],
+                                                                  "data": x[:1].tobytes()}},
+                                          "outputs": ["probabilities"]}))
+    assert codecs._msgpack_only(asks, plan, plan.only) is None  # type: ignore[arg-type]
+    assert codecs._plan(ODD_META).only is None and codecs._plan(META).only is None
