@@ -52,6 +52,9 @@ def json_dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
+# One Packer for the worker (single-threaded): msgpack.packb() builds one per call.
+_pack = msgpack.Packer().pack
+
 #: Wire dtypes: OIP is little-endian whatever the host's byte order.
 _DTYPES: dict[str, np.dtype] = {dt: np.dtype(name).newbyteorder("<") for dt, name in DATATYPES.items()}
 #: Known OIP datatypes that are not served: reported as a mismatch, not as unknown.
@@ -110,7 +113,7 @@ class _Plan:
     """What decoding needs from a ModelMeta, computed once per meta instead of per request."""
 
     __slots__ = ("meta", "in_index", "in_dtypes", "out_index", "out_dtypes", "batchable", "every_output",
-                 "all_binary", "none_binary", "only")
+                 "all_binary", "none_binary", "only", "reply_parts")
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
@@ -130,6 +133,19 @@ class _Plan:
         if len(meta.inputs) == 1 and self.in_dtypes[0].kind != "b":
             spec = meta.inputs[0]
             self.only = (spec.name, spec.datatype, spec.shape, self.in_dtypes[0], self.in_dtypes[0].itemsize)
+        # The msgpack reply of a single-output model, asked for every output, is these constant
+        # pieces around the shape and the data: the bytes Packer writes for the reply map.
+        self.reply_parts: tuple[bytes, bytes, bytes, bytes] | None = None
+        if n == 1:
+            out = meta.outputs[0]
+            self.reply_parts = (
+                b"\x83" + _pack("model_name") + _pack(meta.name) + _pack("model_version") + _pack(meta.version),
+                b"\x84" + _pack("model_name") + _pack(meta.name) + _pack("model_version") + _pack(meta.version)
+                + _pack("id"),
+                _pack("outputs") + b"\x81" + _pack(out.name) + b"\x83" + _pack("datatype") + _pack(out.datatype)
+                + _pack("shape"),
+                _pack("data"),
+            )
 
 
 # ModelMeta holds a dict (unhashable), so plans are keyed by identity; the
@@ -500,9 +516,6 @@ def _oip_outputs(raw: Any, params: dict, plan: _Plan) -> tuple[list[int], list[b
 
 # -- encoding ---------------------------------------------------------------------------------------------
 
-# One Packer for the worker (single-threaded): msgpack.packb() builds one per call.
-_pack = msgpack.Packer().pack
-
 
 def _wire(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``arr`` as a C-contiguous array of the declared wire dtype, copying only when needed."""
@@ -542,6 +555,12 @@ def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta
     plan = _plan(meta)
     specs = meta.outputs
     if req.fmt == FMT_MSGPACK:
+        parts = plan.reply_parts
+        if parts is not None and req.outputs is plan.every_output:
+            arr = _wire(outputs[0], plan.out_dtypes[0])
+            data = arr.tobytes() if arr.nbytes <= 4096 else _raw(arr)
+            head = parts[0] if req.id is None else parts[1] + _pack(req.id)
+            return 0, b"".join((head, parts[2], _pack(list(arr.shape)), parts[3], _pack(data)))
         tensors = {}
         for i in req.outputs:
             arr = _wire(outputs[i], plan.out_dtypes[i])

@@ -987,3 +987,34 @@ def test_the_one_pass_msgpack_path_takes_valid_requests() -> None:
                                           "outputs": ["probabilities"]}))
     assert codecs._msgpack_only(asks, plan, plan.only) is None  # type: ignore[arg-type]
     assert codecs._plan(ODD_META).only is None and codecs._plan(META).only is None
+
+
+@FUZZ
+@given(
+    rows=st.integers(0, 600),
+    rid=st.none() | st.text(max_size=40),
+    dtype=st.sampled_from(["float32", "float64", "float16"]),
+    strided=st.booleans(),
+    meta=st.sampled_from([ONE_META, ONE_FIXED_META]),
+)
+def test_msgpack_reply_of_a_single_output_model_is_the_reply_map(
+    rows: int, rid: str | None, dtype: str, strided: bool, meta: ModelMeta
+) -> None:
+    """The constant-pieces encoding (runtime.codecs._Plan.reply_parts) writes what packing the map writes."""
+    spec = meta.outputs[0]
+    width = 2 if spec.shape == (-1, 2) else None
+    base = np.random.default_rng(rows).standard_normal((rows * 2, width or 1)).astype(dtype)
+    out = base[::2] if strided else base[:rows]  # strided: not C-contiguous
+    if width is None:
+        out = out.reshape(-1)[:2] if rows else np.zeros(2, dtype)
+    req = Request(rid, [], list(range(1)), [False], FMT_MSGPACK, rows)
+    from runtime import codecs
+
+    req.outputs = codecs._plan(meta).every_output  # what decoding gives a request for every output
+    hlen, body = encode_response(req, [out], meta)
+    wire = np.ascontiguousarray(out.astype(np.dtype(DATATYPES[spec.datatype]).newbyteorder("<")))
+    expect: dict[str, Any] = {"model_name": meta.name, "model_version": meta.version}
+    if rid is not None:
+        expect["id"] = rid
+    expect["outputs"] = {spec.name: {"datatype": spec.datatype, "shape": list(wire.shape), "data": wire.tobytes()}}
+    assert hlen == 0 and body == msgpack.packb(expect)
