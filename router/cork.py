@@ -64,6 +64,12 @@ class Holding:
     transport: asyncio.Transport | None
     _held: list[bytes]
 
+    def hold_frame(self, frame: bytes) -> None:
+        """Keep one frame for the cork's flush (only while ``cork.depth``): the per-request case."""
+        if not self._held:
+            self.cork.hold(self)
+        self._held.append(frame)
+
     def hold_frames(self, *frames: bytes) -> None:
         """Keep ``frames`` for the cork's flush (only while ``cork.depth``)."""
         if not self._held:

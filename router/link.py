@@ -53,7 +53,8 @@ HEAD_SIZE = _HEAD.size
 
 def pack(rid: int, code: int, header_len: int, payload: bytes) -> bytes:
     """A whole link frame (length prefix included) carrying ``payload``."""
-    return pack_head(rid, code, header_len, len(payload)) + payload
+    n = len(payload)  # pack_head inlined: this runs once per request
+    return _FRAME.pack(HEAD_SIZE + n, 0x94, 0xCE, rid, 0xCD, code, 0xCE, header_len, 0xC6, n) + payload
 
 
 def pack_head(rid: int, code: int, header_len: int, n: int) -> bytes:

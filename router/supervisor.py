@@ -140,7 +140,7 @@ class WorkerLink(asyncio.Protocol, Holding):
             return
         if self.cork.depth:  # more requests of the same read follow: write them together
             if len(payload) < 65536:
-                self.hold_frames(link.pack(rid, kind, header_len, payload))
+                self.hold_frame(link.pack(rid, kind, header_len, payload))
             else:
                 self.hold_frames(link.pack_head(rid, kind, header_len, len(payload)), payload)
         elif len(payload) < 65536:

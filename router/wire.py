@@ -107,7 +107,7 @@ class WireProtocol(asyncio.Protocol, Holding):
         if t is None:
             return
         if self.cork.depth:  # more replies of the same worker read follow
-            self.hold_frames(frame)
+            self.hold_frame(frame)
         else:
             t.write(frame)
 

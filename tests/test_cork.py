@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from router.cork import Cork
+from router.cork import Cork, Holding
 
 
 class Writer:
@@ -53,3 +53,45 @@ def test_a_writer_that_writes_while_flushing_is_not_lost():
     cork.open()
     cork.close()  # nothing held: nothing written
     assert a.writes == [b"1"]
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+class Held(Holding):
+    def __init__(self, cork: Cork) -> None:
+        self.cork = cork
+        self.transport = FakeTransport()  # type: ignore[assignment]
+        self._held = []
+
+
+def test_holding_writers_flush_single_and_grouped_frames_in_order_in_one_write():
+    cork = Cork()
+    a, b = Held(cork), Held(cork)
+    cork.open()
+    a.hold_frame(b"1")
+    a.hold_frames(b"2", b"3")  # a head and a large payload held as two pieces
+    b.hold_frame(b"x")
+    a.hold_frame(b"4")
+    cork.close()
+    assert a.transport.writes == [b"1234"] and b.transport.writes == [b"x"]  # type: ignore[union-attr]
+    assert a._held == [] and cork.depth == 0
+
+
+def test_a_closing_transport_gets_no_held_frames():
+    cork = Cork()
+    a = Held(cork)
+    a.transport.closing = True  # type: ignore[union-attr]
+    cork.open()
+    a.hold_frame(b"1")
+    cork.close()
+    assert a.transport.writes == [] and a._held == []  # type: ignore[union-attr]
