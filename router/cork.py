@@ -65,16 +65,10 @@ class Holding:
     _held: list[bytes]
 
     def hold_frame(self, frame: bytes) -> None:
-        """Keep one frame for the cork's flush (only while ``cork.depth``): the per-request case."""
+        """Keep ``frame`` for the cork's flush (only while ``cork.depth``); frames leave in order."""
         if not self._held:
             self.cork.hold(self)
         self._held.append(frame)
-
-    def hold_frames(self, *frames: bytes) -> None:
-        """Keep ``frames`` for the cork's flush (only while ``cork.depth``)."""
-        if not self._held:
-            self.cork.hold(self)
-        self._held.extend(frames)
 
     def flush_held(self) -> None:
         held, self._held = self._held, []

@@ -142,7 +142,8 @@ class WorkerLink(asyncio.Protocol, Holding):
             if len(payload) < 65536:
                 self.hold_frame(link.pack(rid, kind, header_len, payload))
             else:
-                self.hold_frames(link.pack_head(rid, kind, header_len, len(payload)), payload)
+                self.hold_frame(link.pack_head(rid, kind, header_len, len(payload)))
+                self.hold_frame(payload)
         elif len(payload) < 65536:
             t.write(link.pack(rid, kind, header_len, payload))
         else:  # skip the copy of a large payload

@@ -92,17 +92,12 @@ class Batcher:
             return [self._alone(rid, req) for rid, req in group]
         replies = []
         reply = self._reply
+        # The usual single-output model: no list comprehension per request.
+        only = outs[0] if len(outs) == 1 else None
         start = 0
-        if len(outs) == 1:  # the usual single-output model: no list comprehension per request
-            out = outs[0]
-            for rid, req in group:
-                stop = start + req.batch
-                replies.append(reply(rid, req, [out[start:stop]]))
-                start = stop
-            return replies
         for rid, req in group:
             stop = start + req.batch
-            replies.append(reply(rid, req, [o[start:stop] for o in outs]))
+            replies.append(reply(rid, req, [only[start:stop]] if only is not None else [o[start:stop] for o in outs]))
             start = stop
         return replies
 

@@ -138,10 +138,10 @@ class _Plan:
         self.reply_parts: tuple[bytes, bytes, bytes, bytes] | None = None
         if n == 1:
             out = meta.outputs[0]
+            names = _pack("model_name") + _pack(meta.name) + _pack("model_version") + _pack(meta.version)
             self.reply_parts = (
-                b"\x83" + _pack("model_name") + _pack(meta.name) + _pack("model_version") + _pack(meta.version),
-                b"\x84" + _pack("model_name") + _pack(meta.name) + _pack("model_version") + _pack(meta.version)
-                + _pack("id"),
+                b"\x83" + names,  # a map of 3 entries: no id
+                b"\x84" + names + _pack("id"),  # 4 entries: the id's value follows
                 _pack("outputs") + b"\x81" + _pack(out.name) + b"\x83" + _pack("datatype") + _pack(out.datatype)
                 + _pack("shape"),
                 _pack("data"),

@@ -79,7 +79,8 @@ def test_holding_writers_flush_single_and_grouped_frames_in_order_in_one_write()
     a, b = Held(cork), Held(cork)
     cork.open()
     a.hold_frame(b"1")
-    a.hold_frames(b"2", b"3")  # a head and a large payload held as two pieces
+    a.hold_frame(b"2")  # a head and a large payload are held as two pieces
+    a.hold_frame(b"3")
     b.hold_frame(b"x")
     a.hold_frame(b"4")
     cork.close()
