@@ -56,6 +56,29 @@ def test_workers_are_pinned_to_their_cpus(start_daemon):
     assert cpus_allowed(d.proc.pid) != "1"
 
 
+def voluntary_switches(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split(":", 1)[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs the worker on a CPU of its own")
+def test_an_idle_worker_sleeps_once_per_request(start_daemon):
+    # A worker blocked in recv() used to be woken for nothing each time the router read
+    # its reply (the socket turning writable), and slept a second time per request.
+    d = start_daemon([{"name": "fraud", "versions": [{"version": "1", "cpus": [1]}]}])
+    pid = worker_pids(d)["1"]
+    for _ in range(20):  # warm up
+        assert d.post("/v2/models/fraud/infer", FRAUD_BODY)[0] == 200
+    n = 300
+    before = voluntary_switches(pid)
+    for _ in range(n):
+        assert d.post("/v2/models/fraud/infer", FRAUD_BODY)[0] == 200
+    per_request = (voluntary_switches(pid) - before) / n
+    assert 0.9 <= per_request <= 1.3, per_request
+
+
 def test_router_process_never_imports_torch(shared_daemon):
     maps = Path(f"/proc/{shared_daemon.proc.pid}/maps").read_text()
     assert "libtorch" not in maps
