@@ -35,19 +35,20 @@ class Batcher:
             request larger than this still runs, alone.
     """
 
-    __slots__ = ("forward", "meta", "max_batch_size", "_pending", "rows", "batches", "batched_requests")
+    __slots__ = ("forward", "meta", "max_batch_size", "pending", "rows", "batches", "batched_requests")
 
     def __init__(self, forward: Forward, meta: ModelMeta, max_batch_size: int) -> None:
         self.forward = forward
         self.meta = meta
         self.max_batch_size = max_batch_size if meta.batchable else 1
-        self._pending: list[tuple[int, Request, tuple[tuple[int, ...], ...]]] = []
+        #: ``(rid, request, batch key)`` in arrival order; the worker's loop tests it for emptiness.
+        self.pending: list[tuple[int, Request, tuple[tuple[int, ...], ...]]] = []
         self.rows = 0
         self.batches = 0
         self.batched_requests = 0
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return len(self.pending)
 
     @property
     def full(self) -> bool:
@@ -57,13 +58,19 @@ class Batcher:
         arrays = req.arrays
         # Requests batch together when every input has the same trailing shape.
         key = (arrays[0].shape[1:],) if len(arrays) == 1 else tuple(a.shape[1:] for a in arrays)
-        self._pending.append((rid, req, key))
+        self.pending.append((rid, req, key))
         self.rows += req.batch
 
     def run(self) -> list[Reply]:
         """Run one batch: the oldest request and every later compatible one that fits."""
-        pending = self._pending
+        pending = self.pending
         rid0, req0, key0 = pending[0]
+        self.batches += 1
+        if len(pending) == 1:  # concurrency 1: nothing to gather or split
+            pending.clear()
+            self.rows = 0
+            self.batched_requests += 1
+            return [self._alone(rid0, req0)]
         group = [(rid0, req0)]
         rows = req0.batch
         rest = []
@@ -73,9 +80,8 @@ class Batcher:
                 rows += item[1].batch
             else:
                 rest.append(item)
-        self._pending = rest
+        pending[:] = rest
         self.rows -= rows
-        self.batches += 1
         self.batched_requests += len(group)
         if len(group) == 1:
             return [self._alone(rid0, req0)]
