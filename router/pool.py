@@ -400,12 +400,16 @@ class Pools:
         for m in self._routes:
             m.stop_mirroring()
 
-    def expire(self, now: float) -> None:
-        for route in self._routes:  # every 5 ms: no list built for it
+    def expire(self, now: float) -> bool:
+        """Answer 504 to the calls past their deadline; True while any call, live or copy, is in flight."""
+        busy = False
+        for route in self._routes:  # every 5 ms under load: no list built for it
             for r in route.replicas:
                 link = r.link
                 if link is not None and link.pending:
                     link.expire(now)
+                    busy = busy or bool(link.pending)
+        return busy
 
     def route(self, model: str) -> ModelRoute:
         """The model's route.

@@ -146,7 +146,7 @@ class Worker:
         return req
 
     def _read(self) -> bool:
-        """Read what is available (the socket is readable or we may block); False on EOF."""
+        """Read what is available (called once the socket polled readable); False on EOF."""
         data = self.sock.recv(_RECV_SIZE)
         if not data:
             return False
