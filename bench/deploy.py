@@ -27,7 +27,19 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .load import HOST, LUA, ROOT, BenchError, Proc, free_port, log, parse_wrk, require_tools, wait_http_ready
+from .load import (
+    HOST,
+    LUA,
+    ROOT,
+    BenchError,
+    Proc,
+    free_port,
+    interrupt_on_sigterm,
+    log,
+    parse_wrk,
+    require_tools,
+    wait_http_ready,
+)
 from .payloads import PAYLOADS
 
 TARGET_SWAP_S = 1e-3
@@ -75,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
     a = p.parse_args(argv)
+    interrupt_on_sigterm()
     if a.quick:
         a.duration = 6
     require_tools(p)

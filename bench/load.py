@@ -1334,8 +1334,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def interrupt_on_sigterm() -> None:
+    """Let SIGTERM stop a harness the way Ctrl-C does: through its ``finally``, which stops what it started."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    interrupt_on_sigterm()
     os.sched_setaffinity(0, {a.client_cpu})  # the harness stays off the server core
     t_start = time.monotonic()
     gpu = cuda_available()

@@ -48,6 +48,7 @@ from .load import (
     Proc,
     cpu_ns,
     free_port,
+    interrupt_on_sigterm,
     log,
     machine,
     parse_wrk,
@@ -219,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--shadow-priority", choices=("idle", "normal"), default="idle",
                    help="server.shadow_priority of the daemon (idle needs CAP_SYS_NICE, else it is normal)")
     a = p.parse_args(argv)
+    interrupt_on_sigterm()
     if a.shadow_cpu is None:
         spare = sorted(os.sched_getaffinity(0) - {a.server_cpu, a.client_cpu})
         a.shadow_cpu = spare[0] if spare else a.client_cpu
