@@ -190,7 +190,7 @@ def test_shadow_router_side(benchmark) -> None:
         m.observe("fraud", "2", "http", 200, 0.0002, route="shadow")
 
     benchmark(record)
-    assert m.shadow_agreement.labels("fraud", "2", "probabilities", "agree")._value.get() > 0
+    assert m.divergence_series[("fraud", "2", "probabilities")][2] > 0  # rows agreed
 
 
 # -- the model itself, for scale ------------------------------------------------------------------------------

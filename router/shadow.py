@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 
+from .metrics import SHADOW_DROPPED, SHADOW_ERROR, SHADOW_OK, SHADOW_TIMEOUT
 from .supervisor import CopyCall
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ class ShadowTarget:
     """
 
     __slots__ = ("model", "pool", "version", "timeout", "max_inflight", "metrics", "outstanding", "last_error",
-                 "_logged_at", "_counters", "_results", "_recording")
+                 "_logged_at", "_counts", "_results", "_recording")
 
     def __init__(self, model: str, pool: VersionPool, timeout: float, max_inflight: int, metrics: Metrics) -> None:
         self.model = model
@@ -60,8 +61,7 @@ class ShadowTarget:
         self.outstanding = 0
         self.last_error = ""
         self._logged_at = 0.0
-        c = metrics.shadow_requests
-        self._counters = {r: c.labels(model, pool.version, r) for r in ("ok", "error", "dropped", "timeout")}
+        self._counts = metrics.shadow_counts(model, pool.version)
         self._results: list[tuple[str, int, bytes, float]] = []
         self._recording = False
         metrics.shadow_queues[(model, pool.version)] = self
@@ -70,12 +70,12 @@ class ShadowTarget:
               now: float) -> bool:
         """Send one copy now, or drop it; never waits. Returns whether it was sent."""
         if self.outstanding >= self.pool.vc.shadow_queue:
-            self._counters["dropped"].inc()
+            self._counts[SHADOW_DROPPED] += 1
             return False
         replica = self.pool.pick()
         link = replica.link if replica is not None else None
         if link is None or link.transport is None or len(link.pending) >= self.max_inflight:
-            self._counters["dropped"].inc()
+            self._counts[SHADOW_DROPPED] += 1
             return False
         self.outstanding += 1
 
@@ -115,14 +115,14 @@ class ShadowTarget:
             except (ValueError, TypeError) as exc:  # a worker bug; count it, never raise into the loop
                 self._error(500, f"unreadable comparison from the shadow worker: {exc!r}".encode())
                 return
-            self._counters["ok"].inc()
+            self._counts[SHADOW_OK] += 1
         elif status == 504:
-            self._counters["timeout"].inc()
+            self._counts[SHADOW_TIMEOUT] += 1
         else:
             self._error(status, payload)
 
     def _error(self, status: int, payload: bytes) -> None:
-        self._counters["error"].inc()
+        self._counts[SHADOW_ERROR] += 1
         self.last_error = f"{status}: {payload.decode(errors='replace')}"
         now = time.monotonic()
         if now - self._logged_at >= _LOG_EVERY_S:
