@@ -174,6 +174,50 @@ def test_shadow_compare(benchmark, fraud_meta, fmt: str) -> None:
     assert stats.startswith(b"\x92\x01")  # [rows_total=1, [...]]
 
 
+def test_shadow_send_router_side(benchmark) -> None:
+    """The router's work per copy sent: pick the replica, frame the copy, hold it; one write per 32 copies."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from router.metrics import Metrics
+    from router.shadow import ShadowTarget
+    from router.supervisor import WorkerLink
+
+    class Transport:
+        def __init__(self) -> None:
+            self.writes: list[int] = []
+
+        def writelines(self, pieces: list[bytes]) -> None:
+            self.writes.append(len(pieces))
+
+        def is_closing(self) -> bool:
+            return False
+
+    async def build() -> tuple[ShadowTarget, WorkerLink, Transport]:  # a link needs a running loop
+        wl = WorkerLink("fraud/2", 1 << 20, lambda _: None, copy_delay=10.0)  # flushed by the 32nd copy
+        t = Transport()
+        wl.connection_made(t)  # type: ignore[arg-type]
+        replica = SimpleNamespace(link=wl)
+        pool = SimpleNamespace(version="2", vc=SimpleNamespace(shadow_queue=1 << 30), pick=lambda: replica)
+        return ShadowTarget("fraud", pool, 1.0, 1 << 30, Metrics()), wl, t  # type: ignore[arg-type]
+
+    async def run() -> Transport:
+        st, wl, t = await build()
+        body, reply = FRAUD.msgpack_body(), b"\x81\xa7outputs\x80"
+
+        def send_32() -> None:
+            for _ in range(32):
+                st.offer("msgpack", FMT_MSGPACK, 0, body, 0, reply, 0.0)
+            wl.pending.clear()  # no answers come back here
+            st.outstanding = 0
+
+        benchmark(send_32)  # inside the loop: holding the first copy of a write arms its flush timer
+        return t
+
+    t = asyncio.run(run())
+    assert t.writes and set(t.writes) == {3 * 32}  # head, body and live reply of each copy, in one write
+
+
 def test_shadow_router_side(benchmark) -> None:
     """The router's work per compared copy: unpack the statistics, record result, latency, divergence."""
     import msgpack
