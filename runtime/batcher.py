@@ -65,23 +65,21 @@ class Batcher:
         """Run one batch: the oldest request and every later compatible one that fits."""
         pending = self.pending
         rid0, req0, key0 = pending[0]
-        self.batches += 1
-        if len(pending) == 1:  # concurrency 1: nothing to gather or split
-            pending.clear()
-            self.rows = 0
-            self.batched_requests += 1
-            return [self._alone(rid0, req0)]
         group = [(rid0, req0)]
         rows = req0.batch
-        rest = []
-        for item in pending[1:]:
-            if item[2] == key0 and rows + item[1].batch <= self.max_batch_size:
-                group.append((item[0], item[1]))
-                rows += item[1].batch
-            else:
-                rest.append(item)
-        pending[:] = rest
+        if len(pending) == 1:  # concurrency 1: nothing to gather
+            pending.clear()
+        else:
+            rest = []
+            for item in pending[1:]:
+                if item[2] == key0 and rows + item[1].batch <= self.max_batch_size:
+                    group.append((item[0], item[1]))
+                    rows += item[1].batch
+                else:
+                    rest.append(item)
+            pending[:] = rest
         self.rows -= rows
+        self.batches += 1
         self.batched_requests += len(group)
         if len(group) == 1:
             return [self._alone(rid0, req0)]

@@ -36,11 +36,20 @@ def worker_pids(daemon) -> dict[str, int]:
     return out
 
 
-def cpus_allowed(pid: int) -> str:
+def proc_status(pid: int, field: str) -> str:
+    """One field of /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("Cpus_allowed_list:"):
+        if line.startswith(field + ":"):
             return line.split(":", 1)[1].strip()
-    raise AssertionError("no Cpus_allowed_list")
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def cpus_allowed(pid: int) -> str:
+    return proc_status(pid, "Cpus_allowed_list")
+
+
+def voluntary_switches(pid: int) -> int:
+    return int(proc_status(pid, "voluntary_ctxt_switches"))
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two CPUs to tell pinnings apart")
@@ -54,13 +63,6 @@ def test_workers_are_pinned_to_their_cpus(start_daemon):
     assert cpus_allowed(pids["2"]) == "0"
     # The router itself is not pinned by the config.
     assert cpus_allowed(d.proc.pid) != "1"
-
-
-def voluntary_switches(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("voluntary_ctxt_switches:"):
-            return int(line.split(":", 1)[1])
-    raise AssertionError("no voluntary_ctxt_switches")
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs the worker on a CPU of its own")
