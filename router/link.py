@@ -90,6 +90,22 @@ def split_shadow(payload: bytes | memoryview) -> tuple[memoryview, memoryview, i
     return view[SHADOW_PREFIX_SIZE:end], view[end:], reply_hlen
 
 
+def whole(data: bytes) -> tuple[int, int, int] | None:
+    """``(rid, code, header_len)`` when ``data`` is exactly one whole link frame, length prefix included; else None.
+
+    The payload is ``data[HEAD_SIZE + 4:]``. A read that is anything else (part
+    of a frame, several frames, a malformed head) gives None: the frame scanner
+    and :func:`unpack` deal with it.
+    """
+    try:
+        size, a, b, rid, c, code, d, hlen, e, n = _FRAME.unpack_from(data)
+    except struct.error:
+        return None
+    if size != len(data) - 4 or n != size - HEAD_SIZE or (a, b, c, d, e) != (0x94, 0xCE, 0xCD, 0xCE, 0xC6):
+        return None
+    return rid, code, hlen
+
+
 def unpack(body: bytes) -> tuple[int, int, int, bytes]:
     """Split a link frame body into ``(rid, code, header_len, payload)``.
 

@@ -25,6 +25,12 @@ Reply = tuple[int, int, int, bytes]
 Forward = Callable[[Sequence[np.ndarray]], list[np.ndarray]]
 
 
+def model_failed(exc: Exception) -> bytes:
+    """The error message of a request whose forward raised ``exc`` (logged here)."""
+    log.warning("forward failed: %s", exc)
+    return f"model raised {type(exc).__name__}: {exc}".encode()
+
+
 class Batcher:
     """Pending decoded requests of one worker, run in arrival order.
 
@@ -109,8 +115,7 @@ class Batcher:
         try:
             outs = self.forward(req.arrays)
         except Exception as exc:  # the model raised: this request learns why
-            log.warning("forward failed: %s", exc)
-            return rid, 500, 0, f"model raised {type(exc).__name__}: {exc}".encode()
+            return rid, 500, 0, model_failed(exc)
         return self._reply(rid, req, outs)
 
     def _reply(self, rid: int, req: Request, outputs: Sequence[np.ndarray]) -> Reply:

@@ -40,7 +40,7 @@ from router.errors import BadRequest, ConfigError, InternalError
 from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from router.meta import DATATYPES, ModelMeta
 
-__all__ = ["Request", "decode_request", "encode_response", "example_request"]
+__all__ = ["Request", "SimpleMsgpack", "decode_request", "encode_response", "example_request"]
 
 # The one place the JSON implementation is chosen, so a faster library (orjson,
 # which returns bytes) can be swapped in without touching the codecs.
@@ -264,9 +264,10 @@ def _decode_msgpack(payload: bytes | memoryview, plan: _Plan) -> Request:
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise BadRequest(f"malformed msgpack: {exc or type(exc).__name__}") from None
     if plan.only is not None and type(body) is dict:
-        req = _msgpack_only(body, plan, plan.only)
-        if req is not None:
-            return req
+        one = _one_input(body, plan.only)
+        if one is not None:
+            return Request(one[0], [one[1]], plan.every_output, plan.none_binary, FMT_MSGPACK,
+                           one[1].shape[0] if plan.batchable else 1)
     if not isinstance(body, dict):
         raise BadRequest("malformed msgpack: the inference request must be a map")
     rid = body.get("id")
@@ -307,8 +308,9 @@ def _decode_msgpack(payload: bytes | memoryview, plan: _Plan) -> Request:
     return Request(rid, checked, outputs, [False] * len(outputs), FMT_MSGPACK, batch)
 
 
-def _msgpack_only(body: dict, plan: _Plan, only: tuple[str, str, tuple[int, ...], np.dtype, int]) -> Request | None:
-    """A valid request of a single-input model asking for every output, decoded in one pass; else None.
+def _one_input(body: dict, only: tuple[str, str, tuple[int, ...], np.dtype, int]
+               ) -> tuple[str | None, np.ndarray] | None:
+    """``(id, input)`` of a valid request of a single-input model asking for every output, in one pass; else None.
 
     Accepts a subset of what the general path accepts, with the same result
     (tests/test_codecs.py checks both on random bodies); anything else, errors
@@ -333,11 +335,9 @@ def _msgpack_only(body: dict, plan: _Plan, only: tuple[str, str, tuple[int, ...]
     names = body.get("outputs")
     if size != len(data) or (rid is not None and type(rid) is not str) or (names is not None and names != []):
         return None
-    arr = np.ndarray(shape, dtype, data)
-    if not arr.flags.aligned:
-        return None
-    return Request(rid, [arr], plan.every_output, plan.none_binary, FMT_MSGPACK,
-                   shape[0] if plan.batchable else 1)
+    # No alignment check: msgpack gives each bin a bytes object of its own, and CPython
+    # starts a bytes object's data 32 bytes into a 16-byte aligned block (test_codecs checks).
+    return rid, np.ndarray(shape, dtype, data)
 
 
 def _params(obj: dict, where: str) -> dict:
@@ -532,6 +532,53 @@ def _raw(arr: np.ndarray) -> memoryview:
     return arr.reshape(-1).view(np.uint8).data
 
 
+def _one_output(parts: tuple[bytes, bytes, bytes, bytes], rid: str | None, output: np.ndarray,
+                dtype: np.dtype) -> bytes:
+    """The msgpack reply of a single-output model asked for every output: constant pieces around shape and data."""
+    if output.dtype != dtype:
+        output = output.astype(dtype)
+    # Small outputs: one bytes copy (in C order, whatever the strides) is cheaper than the view that avoids it.
+    data = output.tobytes() if output.nbytes <= 4096 else _raw(np.ascontiguousarray(output))
+    head = parts[0] if rid is None else parts[1] + _pack(rid)
+    return b"".join((head, parts[2], _pack(list(output.shape)), parts[3], _pack(data)))
+
+
+class SimpleMsgpack:
+    """The common msgpack exchange of a model with one input and one output, in one pass each way.
+
+    For the worker's express path (:mod:`runtime.express`): a well-formed
+    request that asks for every output decodes to its id and input array,
+    and the output array encodes to the reply body, exactly as
+    :func:`decode_request` and :func:`encode_response` would. Anything else
+    decodes to None, and the general path takes the request.
+
+    Raises:
+        ValueError: the model does not have one input (not boolean) and one output.
+    """
+
+    __slots__ = ("_only", "_parts", "_dtype")
+
+    def __init__(self, meta: ModelMeta) -> None:
+        plan = _plan(meta)
+        if plan.only is None or plan.reply_parts is None:
+            raise ValueError(f"model {meta.name!r} does not have one input and one output")
+        self._only = plan.only
+        self._parts = plan.reply_parts
+        self._dtype = plan.out_dtypes[0]
+
+    def decode(self, payload: bytes) -> tuple[str | None, np.ndarray] | None:
+        """``(id, input)`` of the common request, or None for anything else (errors included)."""
+        try:
+            body = msgpack.unpackb(payload)
+        except Exception:  # the general path says why
+            return None
+        return _one_input(body, self._only) if type(body) is dict else None
+
+    def encode(self, rid: str | None, output: np.ndarray) -> bytes:
+        """The reply body to a request with id ``rid`` (None: no id) whose output is ``output``."""
+        return _one_output(self._parts, rid, output, self._dtype)
+
+
 def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta) -> tuple[int, bytes]:
     """Encode the reply to ``req`` in its own format.
 
@@ -557,10 +604,7 @@ def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta
     if req.fmt == FMT_MSGPACK:
         parts = plan.reply_parts
         if parts is not None and req.outputs is plan.every_output:
-            arr = _wire(outputs[0], plan.out_dtypes[0])
-            data = arr.tobytes() if arr.nbytes <= 4096 else _raw(arr)
-            head = parts[0] if req.id is None else parts[1] + _pack(req.id)
-            return 0, b"".join((head, parts[2], _pack(list(arr.shape)), parts[3], _pack(data)))
+            return 0, _one_output(parts, req.id, outputs[0], plan.out_dtypes[0])
         tensors = {}
         for i in req.outputs:
             arr = _wire(outputs[i], plan.out_dtypes[i])

@@ -35,6 +35,7 @@ from router.meta import ModelMeta
 from .batcher import Batcher, Reply
 from .codecs import Request, decode_request, example_request
 from .compare import decode_reply
+from .express import Express
 from .model import Model
 
 log = logging.getLogger("runtime.worker")
@@ -87,6 +88,8 @@ class Worker:
         self.scanner = FrameScanner(spec.max_frame)
         self.delay = spec.max_batch_delay_us / 1e6
         self.out: list[bytes] = []
+        #: Lone msgpack requests skip the general path; not when a batching window should wait for more.
+        self.express = Express.of(model) if not spec.max_batch_delay_us else None
         # Wait for requests in poll(), not in a blocking recv(): when the router reads a
         # reply, the kernel signals "writable" on this socket's wait queue, which wakes a
         # task blocked in recv() for nothing (one extra switch to the worker and back, in
@@ -160,13 +163,24 @@ class Worker:
         batcher = self.batcher
         pending = batcher.pending  # tested as a list: no __len__ call per turn
         delay = self.delay
+        express = self.express
+        scanner = self.scanner
+        sock = self.sock
         first_at = 0.0
         while True:
             if not pending:
                 self._flush()
                 self._readable.poll()
-                if not self._read():
+                data = sock.recv(_RECV_SIZE)
+                if not data:
                     return
+                if express is not None and not scanner.buffered:
+                    answer = express.answer(data)
+                    if answer is not None:
+                        sock.sendall(answer)
+                        continue
+                for frame in scanner.feed(data):
+                    self._handle(frame)
                 if not pending:  # only errors or a partial frame so far
                     continue
                 first_at = time.monotonic()

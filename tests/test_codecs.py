@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from router.errors import BadRequest, ConfigError, InternalError
 from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from router.meta import DATATYPES, ModelMeta, parse_meta
-from runtime.codecs import Request, decode_request, encode_response, example_request
+from runtime.codecs import Request, SimpleMsgpack, decode_request, encode_response, example_request
 
 RAW_META: dict[str, Any] = {
     "name": "fraud",
@@ -887,7 +887,7 @@ def test_fuzz_mutated_valid_requests(draw: st.DataObject, fmt: int, n: int, dele
     decode_or_bad_request(fmt, payload, 0)
 
 
-# Single-input models take the one-pass msgpack path (runtime.codecs._msgpack_only) when the
+# Single-input models take the one-pass msgpack path (runtime.codecs._one_input) when the
 # request is valid and asks for every output; it must agree with the general path on everything.
 ONE_META = parse_meta({
     "name": "one", "version": "1",
@@ -972,21 +972,46 @@ def test_the_one_pass_msgpack_path_takes_valid_requests() -> None:
     from runtime import codecs
 
     x = features(3)
+    simple = SimpleMsgpack(ONE_META)
     for extra in ({}, {"id": "r1"}, {"outputs": []}):
         body = msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": [3, 8], "data": x.tobytes()}},
                               **extra})
-        plan = codecs._plan(ONE_META)
-        req = codecs._msgpack_only(msgpack.unpackb(body), plan, plan.only)  # type: ignore[arg-type]
-        assert req is not None and req.batch == 3 and req.id == extra.get("id")
-        np.testing.assert_array_equal(req.arrays[0], x)
+        one = simple.decode(body)
+        assert one is not None and one[0] == extra.get("id")
+        np.testing.assert_array_equal(one[1], x)
+        req = decode_request(FMT_MSGPACK, body, 0, ONE_META)
+        assert req.batch == 3 and req.id == extra.get("id")
         same_request(req, general_path(body, ONE_META))
-    # What it leaves to the general path: other outputs, BOOL inputs, several inputs.
-    plan = codecs._plan(ONE_META)
-    asks = msgpack.unpackb(msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": [1, 8],
-                                                                  "data": x[:1].tobytes()}},
-                                          "outputs": ["probabilities"]}))
-    assert codecs._msgpack_only(asks, plan, plan.only) is None  # type: ignore[arg-type]
+    # What it leaves to the general path: other outputs, garbage, BOOL inputs, several inputs or outputs.
+    asks = msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": [1, 8], "data": x[:1].tobytes()}},
+                          "outputs": ["probabilities"]})
+    assert simple.decode(asks) is None and simple.decode(b"\xc1") is None and simple.decode(b"\x91\x01") is None
     assert codecs._plan(ODD_META).only is None and codecs._plan(META).only is None
+    for meta in (ODD_META, META):
+        with pytest.raises(ValueError, match="one input and one output"):
+            SimpleMsgpack(meta)
+
+
+@FUZZ
+@given(body=one_requests | near_valid_one_requests(), meta=st.sampled_from([ONE_META, ONE_FIXED_META]))
+def test_fuzz_simple_msgpack_decodes_only_what_the_general_path_decodes_the_same(body: dict,
+                                                                                  meta: ModelMeta) -> None:
+    payload = msgpack.packb(body)
+    one = SimpleMsgpack(meta).decode(payload)
+    if one is None:
+        return
+    general = general_path(payload, meta)
+    assert isinstance(general, Request) and general.id == one[0] and general.outputs == [0]
+    (arr,) = general.arrays
+    assert one[1].dtype == arr.dtype and one[1].shape == arr.shape and one[1].tobytes() == arr.tobytes()
+
+
+def test_msgpack_bins_are_aligned_for_every_served_dtype() -> None:
+    # The one-pass path builds arrays on msgpack's bytes without the alignment check
+    # the general path makes: it relies on this.
+    for n in (1, 3, 8, 100, 511, 512, 513, 4096, 1 << 20):
+        data = msgpack.unpackb(msgpack.packb({"d": bytes(n)}))["d"]
+        assert np.frombuffer(data, np.uint8).ctypes.data % 16 == 0, n
 
 
 @FUZZ
@@ -1012,6 +1037,7 @@ def test_msgpack_reply_of_a_single_output_model_is_the_reply_map(
 
     req.outputs = codecs._plan(meta).every_output  # what decoding gives a request for every output
     hlen, body = encode_response(req, [out], meta)
+    assert SimpleMsgpack(meta).encode(rid, out) == body
     wire = np.ascontiguousarray(out.astype(np.dtype(DATATYPES[spec.datatype]).newbyteorder("<")))
     expect: dict[str, Any] = {"model_name": meta.name, "model_version": meta.version}
     if rid is not None:
