@@ -5,7 +5,8 @@ Run: ``.venv/bin/python -m pytest bench/test_micro.py --benchmark-only``
 
 Covered: the TCP framing, the router <-> worker link, the worker's codecs,
 dynamic batching in the worker (assembling and splitting a batch of 32), the
-shadow comparison, and the model's forward for scale.
+shadow comparison, the model's forward for scale, and a lone request through
+the worker end to end (general path against the express path).
 
 Every input is built in a fixture, outside the timed call: the timed callable
 is only the function under test. The requests are the fraud/1 ones of
@@ -298,3 +299,53 @@ def test_batch_assemble_split(benchmark, fraud_meta, fmt: str) -> None:
     replies = benchmark(assemble_and_split)
     assert len(replies) == BATCH and all(r[1] == 200 for r in replies) and len(batcher) == 0
     assert seen[-1] == (BATCH, 8) and [r[0] for r in replies] == list(range(BATCH))
+
+
+# -- runtime.express: a lone request in the worker, end to end ----------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")  # as the worker does
+@pytest.mark.parametrize("path", ["general", "express"])
+def test_worker_lone_request(benchmark, fraud_meta, path: str) -> None:
+    """One fraud/1 msgpack request as the worker serves it alone: link frame in, reply frame out.
+
+    ``general``: frame scanner, link unpack, ``decode_request``, the batcher's
+    pending list and bookkeeping, forward, ``encode_response``, link pack.
+    ``express``: ``runtime.express.Express.answer``, one pass. Both include the
+    real forward (``test_model_forward`` alone) and give the same bytes.
+    """
+    import torch
+
+    from router.framing import FrameScanner
+    from runtime.batcher import Batcher
+    from runtime.codecs import decode_request
+    from runtime.express import Express
+    from runtime.model import Model
+
+    meta, version_dir = fraud_meta
+    torch.set_num_threads(1)
+    model = Model(version_dir / "model.pt", meta, "cpu")
+    data = link.pack(7, FMT_MSGPACK, 0, MSGPACK_BODY)  # what one recv() brings at concurrency 1
+    scanner = FrameScanner(1 << 20)
+    batcher = Batcher(model.forward, meta, max_batch_size=32)
+    express = Express(model)
+
+    def general() -> bytes:
+        for frame in scanner.feed(data):
+            rid, kind, hlen, payload = link.unpack(frame)
+            batcher.add(rid, decode_request(kind, payload, hlen, meta))
+        return b"".join(link.pack(*reply) for reply in batcher.run())
+
+    def fast() -> bytes:
+        answer = express.answer(data)
+        assert answer is not None
+        return answer
+
+    serve = general if path == "general" else fast
+    with torch.inference_mode():  # as the worker runs
+        for _ in range(20):  # past TorchScript's profiling runs
+            serve()
+        reply = benchmark(serve)
+        assert reply == general() == fast()
+    _, status, _, payload = link.unpack(reply[4:])
+    assert status == 200 and b"probabilities" in payload
