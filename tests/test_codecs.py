@@ -992,18 +992,78 @@ def test_the_one_pass_msgpack_path_takes_valid_requests() -> None:
             SimpleMsgpack(meta)
 
 
+#: One codec per model for the whole fuzz run, so that the layouts it learns meet later bodies.
+SIMPLE = {meta.name: SimpleMsgpack(meta) for meta in (ONE_META, ONE_FIXED_META)}
+
+
+def body_of(x: np.ndarray, **extra: Any) -> bytes:
+    return msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": list(x.shape), "data": x.tobytes()}},
+                          **extra})
+
+
+def flip_tail(payload: bytes, n: int) -> bytes:
+    """``payload`` with its last ``n`` bytes inverted: another tensor, if the tail is the data."""
+    return payload[:len(payload) - n] + bytes(b ^ 0xFF for b in payload[len(payload) - n:])
+
+
 @FUZZ
-@given(body=one_requests | near_valid_one_requests(), meta=st.sampled_from([ONE_META, ONE_FIXED_META]))
-def test_fuzz_simple_msgpack_decodes_only_what_the_general_path_decodes_the_same(body: dict,
-                                                                                  meta: ModelMeta) -> None:
+@given(body=one_requests | near_valid_one_requests(), meta=st.sampled_from([ONE_META, ONE_FIXED_META]),
+       tail=st.integers(1, 12))
+def test_fuzz_simple_msgpack_decodes_only_what_the_general_path_decodes_the_same(body: dict, meta: ModelMeta,
+                                                                                  tail: int) -> None:
     payload = msgpack.packb(body)
-    one = SimpleMsgpack(meta).decode(payload)
-    if one is None:
-        return
-    general = general_path(payload, meta)
-    assert isinstance(general, Request) and general.id == one[0] and general.outputs == [0]
-    (arr,) = general.arrays
-    assert one[1].dtype == arr.dtype and one[1].shape == arr.shape and one[1].tobytes() == arr.tobytes()
+    # The body, then the same body with other bytes at its end: a remembered layout must
+    # serve only bodies that really are that layout with other data.
+    for p in (payload, flip_tail(payload, min(tail, len(payload))), payload):
+        one = SIMPLE[meta.name].decode(p)
+        if one is None:
+            continue
+        general = general_path(p, meta)
+        assert isinstance(general, Request) and general.id == one[0] and general.outputs == [0]
+        (arr,) = general.arrays
+        assert one[1].dtype == arr.dtype and one[1].shape == arr.shape and one[1].tobytes() == arr.tobytes()
+
+
+def test_a_remembered_layout_decodes_later_bodies_without_msgpack(monkeypatch) -> None:
+    from runtime import codecs
+
+    simple = SimpleMsgpack(ONE_META)
+    x = features(2)
+    first = simple.decode(body_of(x))
+    assert first is not None and first[0] is None
+    calls = []
+    real = codecs.msgpack.unpackb
+    monkeypatch.setattr(codecs.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    y = features(2, seed=5)
+    got = simple.decode(body_of(y))
+    assert got is not None and got[0] is None and not calls
+    np.testing.assert_array_equal(got[1], y)
+    # Another shape, an id, other keys, the same keys in another order (the same length): decoded
+    # in full, and right.
+    reordered = msgpack.packb({"inputs": {"features": {"shape": [2, 8], "datatype": "FP32", "data": y.tobytes()}}})
+    assert len(reordered) == len(body_of(y))
+    for other in (body_of(features(3)), body_of(x, id="r"), body_of(x, outputs=[]), reordered):
+        one = simple.decode(other)
+        assert one is not None
+        same_request(decode_request(FMT_MSGPACK, other, 0, ONE_META),
+                     Request(one[0], [one[1]], [0], [False], FMT_MSGPACK, one[1].shape[0]))
+    assert len(calls) >= 3
+
+
+def test_a_layout_whose_tail_is_not_the_data_is_not_remembered() -> None:
+    # "data" first, "shape" last: the body's last bytes are the shape, not the tensor.
+    x = features(1)
+    simple = SimpleMsgpack(ONE_META)
+
+    def body(rows: int) -> bytes:
+        return msgpack.packb({"inputs": {"features": {"data": x.tobytes(), "datatype": "FP32", "shape": [rows, 8]}}})
+
+    one = simple.decode(body(1))
+    assert one is not None and one[1].shape == (1, 8)
+    # Same length and the same leading bytes, another shape: a layout taken from the first
+    # body would hand back [1, 8] for it.
+    assert len(body(1)) == len(body(0)) and simple.decode(body(0)) is None  # 32 bytes for a [0, 8]: invalid
+    assert decode_or_bad_request(FMT_MSGPACK, body(0), 0, ONE_META) is None
 
 
 def test_msgpack_bins_are_aligned_for_every_served_dtype() -> None:
@@ -1037,7 +1097,8 @@ def test_msgpack_reply_of_a_single_output_model_is_the_reply_map(
 
     req.outputs = codecs._plan(meta).every_output  # what decoding gives a request for every output
     hlen, body = encode_response(req, [out], meta)
-    assert SimpleMsgpack(meta).encode(rid, out) == body
+    simple = SIMPLE[meta.name]  # shared: the second encoding of a shape uses the remembered reply head
+    assert simple.encode(rid, out) == body and simple.encode(rid, out) == body
     wire = np.ascontiguousarray(out.astype(np.dtype(DATATYPES[spec.datatype]).newbyteorder("<")))
     expect: dict[str, Any] = {"model_name": meta.name, "model_version": meta.version}
     if rid is not None:
