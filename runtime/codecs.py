@@ -545,6 +545,8 @@ def _one_output(parts: tuple[bytes, bytes, bytes, bytes], rid: str | None, outpu
 
 #: Most body layouts one SimpleMsgpack remembers (one per request shape, as a rule).
 _MAX_LAYOUTS = 64
+#: A body length whose layout is not known yet (None: known, and not one to remember).
+_NEW: tuple[bytes, list[int]] = (b"", [])
 
 
 class SimpleMsgpack:
@@ -579,19 +581,21 @@ class SimpleMsgpack:
         self._parts = plan.reply_parts
         self._dtype = plan.out_dtypes[0]
         self._in_dtype = plan.only[3]
-        #: body length -> (the bytes before the data, the input's shape)
-        self._layouts: dict[int, tuple[bytes, list[int]]] = {}
+        #: body length -> (the bytes before the data, the input's shape), or None: not a layout to take
+        self._layouts: dict[int, tuple[bytes, list[int]] | None] = {}
         #: output shape -> the reply's bytes before the data (requests without an id)
         self._replies: dict[tuple[int, ...], bytes] = {}
 
     def decode(self, payload: bytes) -> tuple[str | None, np.ndarray] | None:
         """``(id, input)`` of the common request, or None for anything else (errors included)."""
-        layout = self._layouts.get(len(payload))
-        if layout is not None and payload.startswith(layout[0]):
+        layout = self._layouts.get(len(payload), _NEW)
+        if layout is not None and layout is not _NEW and payload.startswith(layout[0]):
             return None, np.ndarray(layout[1], self._in_dtype, payload[len(layout[0]):])
         one = self._decode(payload)
-        if one is not None and one[0] is None and len(self._layouts) < _MAX_LAYOUTS:
-            self._learn(payload, one[1])
+        # The first layout of a length stays: bodies of another layout of that length, or of
+        # one that cannot be remembered, are decoded in full, never learned again and again.
+        if layout is _NEW and one is not None and one[0] is None and len(self._layouts) < _MAX_LAYOUTS:
+            self._layouts[len(payload)] = self._learn(payload, one[1])
         return one
 
     def _decode(self, payload: bytes) -> tuple[str | None, np.ndarray] | None:
@@ -601,8 +605,8 @@ class SimpleMsgpack:
             return None
         return _one_input(body, self._only) if type(body) is dict else None
 
-    def _learn(self, payload: bytes, arr: np.ndarray) -> None:
-        """Remember ``payload``'s layout if its tail is the tensor data."""
+    def _learn(self, payload: bytes, arr: np.ndarray) -> tuple[bytes, list[int]] | None:
+        """``payload``'s layout if its tail is the tensor data ``arr``; else None."""
         n = arr.nbytes
         head = payload[:len(payload) - n]
         if n:
@@ -613,8 +617,8 @@ class SimpleMsgpack:
             probe = self._decode(head + flipped)
             if probe is None or probe[0] is not None or probe[1].shape != arr.shape or \
                     probe[1].tobytes() != flipped:
-                return
-        self._layouts[len(payload)] = (head, list(arr.shape))
+                return None
+        return head, list(arr.shape)
 
     def encode(self, rid: str | None, output: np.ndarray) -> bytes:
         """The reply body to a request with id ``rid`` (None: no id) whose output is ``output``."""

@@ -100,7 +100,7 @@ class Model:
 
     def forward_one(self, x: np.ndarray) -> np.ndarray:
         """:meth:`forward` of a model with one input and one output: one array in, one out."""
-        if self._simple and torch.is_inference_mode_enabled():
+        if self._simple and self._one_out and torch.is_inference_mode_enabled():
             out = self._forward(torch.from_numpy(x))
             if type(out) is torch.Tensor:
                 return out.numpy()

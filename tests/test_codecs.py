@@ -1025,15 +1025,11 @@ def test_fuzz_simple_msgpack_decodes_only_what_the_general_path_decodes_the_same
 
 
 def test_a_remembered_layout_decodes_later_bodies_without_msgpack(monkeypatch) -> None:
-    from runtime import codecs
-
     simple = SimpleMsgpack(ONE_META)
     x = features(2)
     first = simple.decode(body_of(x))
     assert first is not None and first[0] is None
-    calls = []
-    real = codecs.msgpack.unpackb
-    monkeypatch.setattr(codecs.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = count_unpackb(monkeypatch)
     y = features(2, seed=5)
     got = simple.decode(body_of(y))
     assert got is not None and got[0] is None and not calls
@@ -1050,7 +1046,16 @@ def test_a_remembered_layout_decodes_later_bodies_without_msgpack(monkeypatch) -
     assert len(calls) >= 3
 
 
-def test_a_layout_whose_tail_is_not_the_data_is_not_remembered() -> None:
+def count_unpackb(monkeypatch) -> list[int]:
+    from runtime import codecs
+
+    calls: list[int] = []
+    real = codecs.msgpack.unpackb
+    monkeypatch.setattr(codecs.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_a_layout_whose_tail_is_not_the_data_is_not_remembered(monkeypatch) -> None:
     # "data" first, "shape" last: the body's last bytes are the shape, not the tensor.
     x = features(1)
     simple = SimpleMsgpack(ONE_META)
@@ -1058,12 +1063,34 @@ def test_a_layout_whose_tail_is_not_the_data_is_not_remembered() -> None:
     def body(rows: int) -> bytes:
         return msgpack.packb({"inputs": {"features": {"data": x.tobytes(), "datatype": "FP32", "shape": [rows, 8]}}})
 
+    calls = count_unpackb(monkeypatch)
     one = simple.decode(body(1))
     assert one is not None and one[1].shape == (1, 8)
+    assert len(calls) == 2  # the body, then the probe with its tail flipped
     # Same length and the same leading bytes, another shape: a layout taken from the first
     # body would hand back [1, 8] for it.
     assert len(body(1)) == len(body(0)) and simple.decode(body(0)) is None  # 32 bytes for a [0, 8]: invalid
     assert decode_or_bad_request(FMT_MSGPACK, body(0), 0, ONE_META) is None
+    # Such a body is decoded in full each time, and not probed again.
+    calls.clear()
+    for _ in range(3):
+        again = simple.decode(body(1))
+        assert again is not None and again[1].shape == (1, 8)
+    assert len(calls) == 3
+
+
+def test_two_layouts_of_one_length_keep_the_first_and_decode_the_other_once_each(monkeypatch) -> None:
+    x, y = features(2), features(2, seed=3)
+    reordered = msgpack.packb({"inputs": {"features": {"shape": [2, 8], "datatype": "FP32", "data": y.tobytes()}}})
+    simple = SimpleMsgpack(ONE_META)
+    calls = count_unpackb(monkeypatch)
+    for _ in range(3):
+        a, b = simple.decode(body_of(x)), simple.decode(reordered)
+        assert a is not None and b is not None
+        np.testing.assert_array_equal(a[1], x)
+        np.testing.assert_array_equal(b[1], y)
+    # The first body: decode and probe once, then remembered; the other: one decode each time.
+    assert len(calls) == 2 + 3
 
 
 def test_msgpack_bins_are_aligned_for_every_served_dtype() -> None:
