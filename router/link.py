@@ -49,6 +49,7 @@ STATUS_HELLO = 1
 _FRAME = struct.Struct(">IBBIBHBIBI")
 _HEAD = struct.Struct(">BBIBHBIBI")
 HEAD_SIZE = _HEAD.size
+_MARKERS = (0x94, 0xCE, 0xCD, 0xCE, 0xC6)  # array of 4, uint32, uint16, uint32, bin32
 
 
 def pack(rid: int, code: int, header_len: int, payload: bytes) -> bytes:
@@ -101,7 +102,7 @@ def whole(data: bytes) -> tuple[int, int, int] | None:
         size, a, b, rid, c, code, d, hlen, e, n = _FRAME.unpack_from(data)
     except struct.error:
         return None
-    if size != len(data) - 4 or n != size - HEAD_SIZE or (a, b, c, d, e) != (0x94, 0xCE, 0xCD, 0xCE, 0xC6):
+    if size != len(data) - 4 or n != size - HEAD_SIZE or (a, b, c, d, e) != _MARKERS:
         return None
     return rid, code, hlen
 
@@ -116,6 +117,6 @@ def unpack(body: bytes) -> tuple[int, int, int, bytes]:
         a, b, rid, c, code, d, hlen, e, n = _HEAD.unpack_from(body)
     except struct.error:
         raise FrameError("link frame shorter than its head") from None
-    if (a, b, c, d, e) != (0x94, 0xCE, 0xCD, 0xCE, 0xC6) or n != len(body) - HEAD_SIZE:
+    if (a, b, c, d, e) != _MARKERS or n != len(body) - HEAD_SIZE:
         raise FrameError("link frame does not have the fixed link layout")
     return rid, code, hlen, body[HEAD_SIZE:]

@@ -40,7 +40,7 @@ class Express:
     __slots__ = ("forward", "codec", "answered")
 
     def __init__(self, model: Model) -> None:
-        self.forward = model.forward_one
+        self.forward = model.forward
         self.codec = SimpleMsgpack(model.meta)
         #: Requests answered here, for tests and curiosity.
         self.answered = 0
@@ -64,7 +64,7 @@ class Express:
         self.answered += 1
         rid = head[0]
         try:
-            output = self.forward(one[1])
+            output = self.forward([one[1]])[0]
         except Exception as exc:  # the model raised: this request learns why
             return link.pack(rid, 500, 0, model_failed(exc))
         return link.pack(rid, 200, 0, self.codec.encode(one[0], output))

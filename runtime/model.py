@@ -89,23 +89,11 @@ class Model:
         else:
             with torch.inference_mode():
                 result = self._run(inputs)
-        return self._counted(result)
-
-    def _counted(self, result: list[np.ndarray]) -> list[np.ndarray]:
         if len(result) != len(self.meta.outputs):
             raise RuntimeError(
                 f"model returned {len(result)} outputs, meta.json declares {len(self.meta.outputs)}"
             )
         return result
-
-    def forward_one(self, x: np.ndarray) -> np.ndarray:
-        """:meth:`forward` of a model with one input and one output: one array in, one out."""
-        if self._simple and self._one_out and torch.is_inference_mode_enabled():
-            out = self._forward(torch.from_numpy(x))
-            if type(out) is torch.Tensor:
-                return out.numpy()
-            return self._counted(self._outputs(out))[0]
-        return self.forward([x])[0]
 
     def _run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         if self._cuda:

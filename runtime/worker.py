@@ -153,9 +153,13 @@ class Worker:
         data = self.sock.recv(_RECV_SIZE)
         if not data:
             return False
+        self._take(data)
+        return True
+
+    def _take(self, data: bytes) -> None:
+        """Handle every frame ``data`` completes."""
         for frame in self.scanner.feed(data):
             self._handle(frame)
-        return True
 
     def serve(self) -> None:
         """The loop: read, batch, run, reply. Returns when the router closes the socket."""
@@ -179,8 +183,7 @@ class Worker:
                     if answer is not None:
                         sock.sendall(answer)
                         continue
-                for frame in scanner.feed(data):
-                    self._handle(frame)
+                self._take(data)
                 if not pending:  # only errors or a partial frame so far
                     continue
                 first_at = time.monotonic()
