@@ -1,7 +1,8 @@
 """Builds the Cython extensions in ext/ into the router package.
 
-Each ``ext/_NAME.pyx`` becomes ``router._NAME_c``; its pure-Python twin is
-``router/_NAME_py.py``. ``ROUTER_CYTHON_DEBUG=1`` builds with annotation and
+Each ``ext/_NAME.pyx`` becomes ``PACKAGE._NAME_c`` beside its pure-Python twin
+``PACKAGE/_NAME_py.py``: the frame scanner belongs to the protocol kernel
+(``router.proto``), the others to ``router``. ``ROUTER_CYTHON_DEBUG=1`` builds with annotation and
 line tracing for profiling.
 """
 
@@ -14,10 +15,12 @@ from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("ROUTER_CYTHON_DEBUG") == "1"
+#: Where each extension lives when not in ``router``: beside its twin.
+PACKAGE = {"_framing": "router.proto"}
 
 extensions = [
     Extension(
-        f"router.{pyx.stem}_c",
+        f"{PACKAGE.get(pyx.stem, 'router')}.{pyx.stem}_c",
         [str(pyx)],
         extra_compile_args=["-O3"],
         define_macros=[("CYTHON_TRACE", "1")] if DEBUG else [],

@@ -8,13 +8,16 @@ from types import ModuleType
 import pytest
 
 IMPLS = ["c", "py"]
+#: The package of each compiled module and its twin, when not ``router``.
+_PACKAGE = {"_framing": "router.proto"}
 
 
 def implementation(request: pytest.FixtureRequest, name: str) -> ModuleType:
-    """``router.{name}_c`` for param ``c`` (skipped when not built), ``router.{name}_py`` for ``py``."""
+    """``PACKAGE.{name}_c`` for param ``c`` (skipped when not built), ``PACKAGE.{name}_py`` for ``py``."""
+    package = _PACKAGE.get(name, "router")
     if request.param == "py":
-        return importlib.import_module(f"router.{name}_py")
+        return importlib.import_module(f"{package}.{name}_py")
     try:
-        return importlib.import_module(f"router.{name}_c")
+        return importlib.import_module(f"{package}.{name}_c")
     except ImportError as exc:
-        pytest.skip(f"router.{name}_c is not built: {exc}")
+        pytest.skip(f"{package}.{name}_c is not built: {exc}")

@@ -23,19 +23,19 @@ import pytest
 
 from bench._impls import IMPLS, implementation
 from bench.payloads import FRAUD
-from router import link
-from router.link import FMT_JSON, FMT_MSGPACK
+from router.proto import link
+from router.proto.link import FMT_JSON, FMT_MSGPACK
 
 
 @pytest.fixture(params=IMPLS)
 def framing(request: pytest.FixtureRequest):
-    """``router._framing_c`` (id ``c``) or ``router._framing_py`` (id ``py``)."""
+    """``router.proto._framing_c`` (id ``c``) or ``router.proto._framing_py`` (id ``py``)."""
     return implementation(request, "_framing")
 
 
 @pytest.fixture(scope="module")
 def fraud_meta(tmp_path_factory: pytest.TempPathFactory):
-    from router.meta import read_meta
+    from router.proto.meta import read_meta
     from runtime.demo import build_demo_store
 
     store = tmp_path_factory.mktemp("store")
@@ -50,7 +50,7 @@ JSON_BODY = FRAUD.oip_json()
 MSGPACK_BODY = FRAUD.msgpack_body()
 
 
-# -- router.framing -----------------------------------------------------------------------------------------
+# -- router.proto.framing -----------------------------------------------------------------------------------------
 
 
 def test_feed_one_frame(benchmark, framing) -> None:
@@ -113,7 +113,7 @@ def test_observe_latency(benchmark) -> None:
     assert sum(m.request_series[("fraud", "1", "live", "http", 200)][:-1]) > 0
 
 
-# -- router.link --------------------------------------------------------------------------------------------
+# -- router.proto.link --------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("payload", [MSGPACK_BODY, JSON_BODY], ids=["msgpack-body", "json-body"])
@@ -316,7 +316,7 @@ def test_worker_lone_request(benchmark, fraud_meta, path: str) -> None:
     """
     import torch
 
-    from router.framing import FrameScanner
+    from router.proto.framing import FrameScanner
     from runtime.batcher import Batcher
     from runtime.codecs import decode_request
     from runtime.express import Express

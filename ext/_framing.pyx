@@ -7,7 +7,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-from router.errors import FrameError
+from router.proto.errors import FrameError
 
 
 cdef inline uint32_t _be32(const uint8_t* p) noexcept nogil:

@@ -9,7 +9,7 @@ from cpython.object cimport PyObject
 from cpython.unicode cimport PyUnicode_DecodeASCII, PyUnicode_DecodeUTF8
 from libc.string cimport memchr, memcmp
 
-from router.errors import HttpHeadError
+from router.proto.errors import HttpHeadError
 
 MAX_HEAD = 65536
 

@@ -4,7 +4,7 @@ The HTTP front's request-head parser. It takes the strict, common form of an
 HTTP/1.0 or 1.1 request head and nothing else: a request line
 ``METHOD SP /origin-target SP HTTP/1.x CRLF``, header lines ``name: value CRLF``
 and the empty line. Anything else (a bare LF, an absolute target, obsolete line
-folding, a control character) raises :class:`~router.errors.HttpHeadError`, and
+folding, a control character) raises :class:`~router.proto.errors.HttpHeadError`, and
 the front hands the connection to aiohttp, which answers it as it would any
 request: so strictness here costs nothing in what callers may send.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import HttpHeadError
+from .proto.errors import HttpHeadError
 
 #: A head longer than this is not parsed here (aiohttp then answers it).
 MAX_HEAD = 65536

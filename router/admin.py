@@ -22,7 +22,7 @@ from aiohttp import web
 
 from .config import Address, Config
 from .configfile import plain_number, write_traffic
-from .errors import ConfigError, DeployFailed, NoPreviousPool, ReloadRefused
+from .proto.errors import ConfigError, DeployFailed, NoPreviousPool, ReloadRefused
 
 if TYPE_CHECKING:
     from .server import Server

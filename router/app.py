@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
 from .admin import make_admin_app
-from .errors import InferenceError, PayloadTooLarge, WorkerUnavailable
+from .proto.errors import InferenceError, PayloadTooLarge, WorkerUnavailable
 
 if TYPE_CHECKING:
     from .server import Server

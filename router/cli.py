@@ -15,7 +15,7 @@ from typing import Any
 
 from .admin import TOKEN_ENV, check_bind, resolve_token
 from .config import load_config, parse_address
-from .errors import ConfigError, RouterError
+from .proto.errors import ConfigError, RouterError
 
 log = logging.getLogger("router")
 
@@ -31,7 +31,8 @@ def _setup_logging() -> None:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from . import framing, splitter
+    from . import splitter
+    from .proto import framing
     from .server import Server
 
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .proto.errors import ConfigError
 
 DEFAULT_HTTP = "127.0.0.1:8080"
 DEFAULT_MSGPACK = "127.0.0.1:8081"

@@ -17,7 +17,7 @@ from typing import Any
 import tomlkit
 
 from .config import Config, parse_config
-from .errors import ConfigError
+from .proto.errors import ConfigError
 
 
 def plain_number(v: float) -> int | float:

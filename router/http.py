@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
-from .errors import BadRequest, HttpHeadError, InferenceError, WorkerUnavailable
 from .httpparse import parse_head
-from .link import FMT_JSON, FMT_MSGPACK
+from .proto.errors import BadRequest, HttpHeadError, InferenceError, WorkerUnavailable
+from .proto.link import FMT_JSON, FMT_MSGPACK
 
 if TYPE_CHECKING:
     from .pool import ModelRoute

@@ -7,7 +7,7 @@ twin (``router._http_c``). ``ROUTER_NO_EXTENSIONS=1`` forces the twin.
 from __future__ import annotations
 
 from . import _http_py
-from ._compat import load_extension
+from .proto._compat import load_extension
 
 parse_head_py = _http_py.parse_head
 _impl, EXTENSION = load_extension("_http", _http_py)

@@ -11,8 +11,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .errors import BadRequest, NotFound
-from .link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from .proto.errors import BadRequest, NotFound
+from .proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 
 if TYPE_CHECKING:
     from .pool import ModelRoute, VersionPool

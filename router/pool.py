@@ -19,10 +19,10 @@ from time import monotonic, perf_counter
 from . import priority
 from .config import Config, ModelConfig, VersionConfig
 from .cork import Cork
-from .errors import ConfigError, DeployFailed, NoPreviousPool, NotFound, WorkerUnavailable
-from .meta import MODEL_FILE, ModelMeta, read_meta
 from .metrics import Metrics
 from .poll import BusyPoll
+from .proto.errors import ConfigError, DeployFailed, NoPreviousPool, NotFound, WorkerUnavailable
+from .proto.meta import MODEL_FILE, ModelMeta, read_meta
 from .shadow import ShadowTarget
 from .splitter import MirrorTable, WeightTable
 from .supervisor import Call, Replica

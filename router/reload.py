@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import Config, ModelConfig, VersionConfig, load_config
-from .errors import ConfigError
-from .meta import read_meta
+from .proto.errors import ConfigError
+from .proto.meta import read_meta
 
 #: Version keys a reload applies live; every other key needs other workers.
 TRAFFIC_KEYS = frozenset({"weight", "shadow", "shadow_queue"})

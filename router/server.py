@@ -20,10 +20,10 @@ from aiohttp import web
 from . import configfile, reload
 from .app import make_app
 from .config import Config, parse_model
-from .errors import ConfigError, DeployFailed, ReloadRefused
 from .http import HttpProtocol
 from .metrics import Metrics
 from .pool import Pools
+from .proto.errors import ConfigError, DeployFailed, ReloadRefused
 from .wire import WireProtocol
 
 log = logging.getLogger("router.server")

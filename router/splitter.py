@@ -20,7 +20,7 @@ its absence is logged (never a silent fall-back to slow code).
 from __future__ import annotations
 
 from . import _splitter_py
-from ._compat import load_extension
+from .proto._compat import load_extension
 
 WeightTablePy = _splitter_py.WeightTable
 MirrorTablePy = _splitter_py.MirrorTable

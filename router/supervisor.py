@@ -20,12 +20,12 @@ from time import monotonic
 
 import msgpack
 
-from . import link
 from .config import VersionConfig
 from .cork import Cork, Holding
-from .errors import FrameError, WorkerUnavailable
-from .framing import FrameScanner
-from .link import KIND_WARMUP, STATUS_HELLO
+from .proto import link
+from .proto.errors import FrameError, WorkerUnavailable
+from .proto.framing import FrameScanner
+from .proto.link import KIND_WARMUP, STATUS_HELLO
 
 log = logging.getLogger("router.supervisor")
 
@@ -151,7 +151,7 @@ class WorkerLink(asyncio.Protocol, Holding):
 
     def send_shadow(self, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
                     call: CopyCall) -> None:
-        """Queue a shadow copy: the caller's body and the live reply, as they are (see :mod:`router.link`).
+        """Queue a shadow copy: the caller's body and the live reply, as they are (see :mod:`router.proto.link`).
 
         Copies are held up to ``copy_delay`` seconds (or until 32 wait) and written
         together: one write and one wake-up of the shadow, and one answer back,

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from .cork import Holding
-from .errors import FrameError, InferenceError, WorkerUnavailable
-from .framing import FrameScanner, pack_header, parse_request
-from .link import FMT_MSGPACK
+from .proto.errors import FrameError, InferenceError, WorkerUnavailable
+from .proto.framing import FrameScanner, pack_header, parse_request
+from .proto.link import FMT_MSGPACK
 
 if TYPE_CHECKING:
     from .pool import ModelRoute

@@ -12,8 +12,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from router.errors import RouterError
-from router.meta import ModelMeta
+from router.proto.errors import RouterError
+from router.proto.meta import ModelMeta
 
 from .codecs import Request, encode_response
 from .compare import compare, pack_stats

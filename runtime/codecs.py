@@ -1,9 +1,9 @@
 """Request decoding and reply encoding for the worker, in the three body formats.
 
 A worker receives the caller's body untouched from the router, together with
-its format (:data:`router.link.FMT_JSON`, ``FMT_BINARY`` or ``FMT_MSGPACK``) and
+its format (:data:`router.proto.link.FMT_JSON`, ``FMT_BINARY`` or ``FMT_MSGPACK``) and
 the OIP ``Inference-Header-Content-Length``. :func:`decode_request` turns it into
-numpy arrays validated against the model's :class:`~router.meta.ModelMeta`;
+numpy arrays validated against the model's :class:`~router.proto.meta.ModelMeta`;
 :func:`encode_response` turns the model's outputs into a reply body in the same
 format.
 
@@ -19,7 +19,7 @@ binary data when the request says ``"parameters": {"binary_data_output": true}``
 or the output itself says ``"parameters": {"binary_data": true}`` (a per-output
 ``false`` wins over the request-level ``true``).
 
-Every malformed or mismatching body raises :class:`router.errors.BadRequest`,
+Every malformed or mismatching body raises :class:`router.proto.errors.BadRequest`,
 and only that: this code faces arbitrary bytes from the network.
 
 Arrays decoded from binary or msgpack data are views of the payload (no copy),
@@ -36,9 +36,9 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from router.errors import BadRequest, ConfigError, InternalError
-from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
-from router.meta import DATATYPES, ModelMeta
+from router.proto.errors import BadRequest, ConfigError, InternalError
+from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from router.proto.meta import DATATYPES, ModelMeta
 
 __all__ = ["Request", "SimpleMsgpack", "decode_request", "encode_response", "example_request"]
 

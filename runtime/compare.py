@@ -14,7 +14,7 @@ dimension >= 2) how many rows have the same argmax along the last axis.
 
 Stats payload (:func:`pack_stats`): the payload of the shadow worker's 200 reply
 on the router <-> worker link (``[rid, 200, 0, payload]``, see
-:mod:`router.link`) is the msgpack array::
+:mod:`router.proto.link`) is the msgpack array::
 
     [rows_total, [[name, max_abs, max_rel, agree, rows], ...]]
 
@@ -24,7 +24,7 @@ then one entry per compared output, in the live reply's order: ``name`` (str),
 disagrees), ``agree`` and ``rows`` (int, both ``-1`` for outputs that are not
 classifier-like). Plain msgpack types only: the router unpacks it without numpy.
 
-Every malformed live reply raises :class:`router.errors.BadRequest`, and only
+Every malformed live reply raises :class:`router.proto.errors.BadRequest`, and only
 that; messages start with ``live reply:`` and name the output and field.
 
 Arrays decoded from binary or msgpack data are views of the payload (no copy),
@@ -41,8 +41,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from router.errors import BadRequest
-from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from router.proto.errors import BadRequest
+from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from runtime import codecs
 from runtime.codecs import _DTYPES, _GARBAGE, from_buffer
 

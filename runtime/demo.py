@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from router.errors import ConfigError
-from router.meta import MODEL_FILE, read_meta
+from router.proto.errors import ConfigError
+from router.proto.meta import MODEL_FILE, read_meta
 from runtime import ops  # noqa: F401  (torch.ops.router.sleep_us, used by the slow demo model)
 from runtime.store import sha256_file, write_version
 

@@ -19,8 +19,8 @@ company.
 
 from __future__ import annotations
 
-from router import link
-from router.link import FMT_MSGPACK
+from router.proto import link
+from router.proto.link import FMT_MSGPACK
 
 from .batcher import model_failed
 from .codecs import SimpleMsgpack

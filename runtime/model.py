@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from router.meta import ModelMeta
+from router.proto.meta import ModelMeta
 
 from . import ops  # noqa: F401  (registers torch.ops.router.* before any model is loaded)
 

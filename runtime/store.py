@@ -1,7 +1,7 @@
 """Writing model versions into a model store, atomically and immutably.
 
 A store is a directory tree ``<store>/<model>/<version>/`` holding
-``model.pt`` (a TorchScript archive) and ``meta.json`` (see :mod:`router.meta`).
+``model.pt`` (a TorchScript archive) and ``meta.json`` (see :mod:`router.proto.meta`).
 A version is written into a hidden temporary directory next to its final place
 and renamed into place only once complete and validated, so a reader never sees
 a half-written version. Versions are immutable: an existing one is never
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from router.meta import META_FILE, MODEL_FILE, parse_meta
+from router.proto.meta import META_FILE, MODEL_FILE, parse_meta
 
 PLATFORM = "pytorch_torchscript"
 #: Prefix of the temporary directories a write uses (hidden, so scanners skip them).
@@ -100,7 +100,7 @@ def write_version(
 
     The files are written into a hidden temporary directory inside
     ``<store>/<model>/``, the meta document is validated with
-    :func:`router.meta.parse_meta`, and the directory is then renamed into place.
+    :func:`router.proto.meta.parse_meta`, and the directory is then renamed into place.
 
     Args:
         store: root of the model store (created if missing).

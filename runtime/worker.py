@@ -26,11 +26,11 @@ from dataclasses import dataclass
 import msgpack
 import torch
 
-from router import link
-from router.errors import FrameError, InternalError, RouterError
-from router.framing import FrameScanner
-from router.link import KIND_WARMUP, SHADOW, STATUS_HELLO
-from router.meta import ModelMeta
+from router.proto import link
+from router.proto.errors import FrameError, InternalError, RouterError
+from router.proto.framing import FrameScanner
+from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO
+from router.proto.meta import ModelMeta
 
 from .batcher import Batcher, Reply
 from .codecs import Request, decode_request, example_request
@@ -210,7 +210,7 @@ def run(spec: WorkerSpec) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Request arrays come from np.frombuffer (read-only); torch only reads them.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    from router.meta import MODEL_FILE, read_meta
+    from router.proto.meta import MODEL_FILE, read_meta
 
     from .model import pin
 

@@ -9,8 +9,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from router.link import FMT_JSON, FMT_MSGPACK
-from router.meta import read_meta
+from router.proto.link import FMT_JSON, FMT_MSGPACK
+from router.proto.meta import read_meta
 from runtime.batcher import Batcher
 from runtime.codecs import decode_request
 from runtime.model import Model

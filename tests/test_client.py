@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from router.client import AsyncHttpClient, AsyncWireClient, HttpClient, InferResult, WireClient
-from router.errors import BadRequest, InferenceError, NotFound, PayloadTooLarge
+from router.proto.errors import BadRequest, InferenceError, NotFound, PayloadTooLarge
 
 #: Every way to send an inference request: (client, body format).
 PATHS = ["http-json", "http-binary", "http-msgpack", "ahttp-json", "ahttp-binary", "ahttp-msgpack",

@@ -12,9 +12,9 @@ import tritonclient.http as httpclient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router.errors import BadRequest, ConfigError, InternalError
-from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
-from router.meta import DATATYPES, ModelMeta, parse_meta
+from router.proto.errors import BadRequest, ConfigError, InternalError
+from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from router.proto.meta import DATATYPES, ModelMeta, parse_meta
 from runtime.codecs import Request, SimpleMsgpack, decode_request, encode_response, example_request
 
 RAW_META: dict[str, Any] = {

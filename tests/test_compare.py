@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.errors import BadRequest
-from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
-from router.meta import ModelMeta, parse_meta
+from router.proto.errors import BadRequest
+from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
+from router.proto.meta import ModelMeta, parse_meta
 from runtime.codecs import Request, encode_response
 from runtime.compare import Diffs, compare, decode_reply, pack_stats
 

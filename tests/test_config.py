@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from router.config import load_config, parse_config
-from router.errors import ConfigError
+from router.proto.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from router.errors import ConfigError
-from router.meta import META_FILE, MODEL_FILE, read_meta
+from router.proto.errors import ConfigError
+from router.proto.meta import META_FILE, MODEL_FILE, read_meta
 from runtime import demo
 from runtime.store import write_version
 

@@ -14,9 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from router import link
-from router.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK, KIND_WARMUP, SHADOW
-from router.meta import ModelMeta, TensorSpec
+from router.proto import link
+from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK, KIND_WARMUP, SHADOW
+from router.proto.meta import ModelMeta, TensorSpec
 from runtime.batcher import Batcher
 from runtime.codecs import decode_request
 from runtime.express import Express

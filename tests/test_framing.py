@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router import _framing_py, framing, link
-from router.errors import FrameError
+from router.proto import _framing_py, framing, link
+from router.proto.errors import FrameError
 
 try:
-    from router import _framing_c
+    from router.proto import _framing_c
 except ImportError:  # only acceptable when the twins are forced
     _framing_c = None
 
@@ -32,7 +32,7 @@ def test_extension_is_loaded_unless_forced_off():
         assert framing.EXTENSION is False
         assert framing.FrameScanner is _framing_py.FrameScanner
     else:
-        assert _framing_c is not None, "the compiled router._framing_c did not build"
+        assert _framing_c is not None, "the compiled router.proto._framing_c did not build"
         assert framing.EXTENSION is True
         assert framing.FrameScanner is _framing_c.FrameScanner
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from router import _http_py
-from router.errors import HttpHeadError
+from router.proto.errors import HttpHeadError
 
 try:
     from router import _http_c

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from router.meta import ModelMeta, TensorSpec
+from router.proto.meta import ModelMeta, TensorSpec
 from runtime.model import Model
 
 

@@ -14,7 +14,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from router.meta import read_meta
+from router.proto.meta import read_meta
 from runtime.model import Model
 
 X = np.array([[1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0],

@@ -342,8 +342,8 @@ def test_cli_shadow_sets_and_shows_fractions(start_daemon):
 
 
 def test_shadow_frames_carry_body_and_live_reply_untouched():
-    from router import link
-    from router.errors import FrameError
+    from router.proto import link
+    from router.proto.errors import FrameError
 
     body, reply = b'{"inputs": []}', b"HEADERbinary"
     head = link.pack_shadow_head(7, link.FMT_BINARY, 3, len(body), 6, len(reply))
@@ -359,8 +359,8 @@ def test_shadow_frames_carry_body_and_live_reply_untouched():
 def test_batcher_answers_a_shadow_copy_with_comparison_statistics(store: Path):
     import msgpack
 
-    from router.link import FMT_JSON
-    from router.meta import read_meta
+    from router.proto.link import FMT_JSON
+    from router.proto.meta import read_meta
     from runtime.batcher import Batcher
     from runtime.codecs import decode_request, encode_response
     from runtime.compare import decode_reply

@@ -5,7 +5,7 @@
 * :class:`WireClient` / :class:`AsyncWireClient` -- the length-prefixed msgpack
   TCP protocol (docs/protocol.md), pipelined, replies matched by id.
 
-Server errors raise the typed classes of :mod:`router.errors` (``BadRequest``,
+Server errors raise the typed classes of :mod:`router.proto.errors` (``BadRequest``,
 ``NotFound``, ``PayloadTooLarge``, ``InternalError``, ``WorkerUnavailable``,
 ``DeadlineExceeded``; all ``InferenceError`` with ``.status`` and ``.message``).
 This package imports neither torch nor the worker runtime.
@@ -13,7 +13,7 @@ This package imports neither torch nor the worker runtime.
 
 from __future__ import annotations
 
-from ..errors import (
+from ..proto.errors import (
     BadRequest,
     DeadlineExceeded,
     InferenceError,

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from ..errors import InferenceError, from_status
+from ..proto.errors import InferenceError, from_status
 from ._result import InferResult
 from ._tensors import msgpack_outputs, msgpack_tensors
 

@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 import msgpack
 
-from ..errors import InferenceError, from_status
+from ..proto.errors import InferenceError, from_status
 from ._result import InferResult
 from ._tensors import binary_tensors, from_buffer, from_json, json_tensors, msgpack_outputs, msgpack_tensors
 
@@ -106,7 +106,7 @@ def decode_infer(status: int, get_header: Callable[[str], str | None], body: byt
         body: the whole reply body.
 
     Raises:
-        InferenceError: the typed error (``router.errors``) for a non-200 status.
+        InferenceError: the typed error (``router.proto.errors``) for a non-200 status.
         ValueError: a 200 reply that cannot be decoded.
     """
     if status != 200:

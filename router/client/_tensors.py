@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..meta import DATATYPES
+from ..proto.meta import DATATYPES
 
 __all__ = ["to_wire", "raw_bytes", "from_buffer", "from_json", "json_tensors", "binary_tensors",
            "msgpack_tensors", "msgpack_outputs", "WIRE_DTYPES"]

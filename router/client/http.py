@@ -150,7 +150,7 @@ class HttpClient:
         Raises:
             TypeError: an input's dtype has no supported OIP datatype.
             ValueError: unknown ``format``, or a bytes ``key`` that is not UTF-8.
-            router.errors.InferenceError: the server's answer was an error; the
+            router.proto.errors.InferenceError: the server's answer was an error; the
                 subclass follows the status (``BadRequest`` 400, ``NotFound`` 404,
                 ``PayloadTooLarge`` 413, ``InternalError`` 500,
                 ``WorkerUnavailable`` 503, ``DeadlineExceeded`` 504).
@@ -183,7 +183,7 @@ class HttpClient:
         """``GET /v2``: ``{"name", "version", "extensions"}``.
 
         Raises:
-            router.errors.InferenceError: a non-200 answer. OSError: network failure.
+            router.proto.errors.InferenceError: a non-200 answer. OSError: network failure.
         """
         return self._get_json(self._paths.prefix + "/v2")
 
@@ -191,7 +191,7 @@ class HttpClient:
         """The OIP model metadata: ``name``, ``versions``, ``platform``, ``inputs``, ``outputs``.
 
         Raises:
-            router.errors.NotFound: unknown model or version. OSError: network failure.
+            router.proto.errors.NotFound: unknown model or version. OSError: network failure.
         """
         return self._get_json(self._paths.model(model, version))
 
@@ -302,11 +302,11 @@ class AsyncHttpClient:
         return await self._get_ok(self._paths.model(model, version, "/ready"))
 
     async def server_metadata(self) -> dict[str, Any]:
-        """``GET /v2``. Raises router.errors.InferenceError on a non-200 answer."""
+        """``GET /v2``. Raises router.proto.errors.InferenceError on a non-200 answer."""
         return await self._get_json(self._paths.prefix + "/v2")
 
     async def model_metadata(self, model: str, version: str | None = None) -> dict[str, Any]:
-        """The OIP model metadata. Raises router.errors.NotFound for an unknown model or version."""
+        """The OIP model metadata. Raises router.proto.errors.NotFound for an unknown model or version."""
         return await self._get_json(self._paths.model(model, version))
 
     async def close(self) -> None:

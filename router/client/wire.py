@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InferenceError
+from ..proto.errors import InferenceError
 from ._frames import FrameBuffer, decode_reply, encode_request, new_packer
 from ._result import InferResult
 
@@ -118,7 +118,7 @@ class WireClient:
 
         Raises:
             TypeError: an input's dtype has no supported OIP datatype.
-            router.errors.InferenceError: the server answered with an error; the
+            router.proto.errors.InferenceError: the server answered with an error; the
                 subclass follows the status (``BadRequest``, ``NotFound``,
                 ``PayloadTooLarge``, ``InternalError``, ``WorkerUnavailable``,
                 ``DeadlineExceeded``). After a ``PayloadTooLarge`` (a frame over
@@ -160,7 +160,7 @@ class WireClient:
         Keeps up to ``depth`` requests in flight, matches the replies by id
         (they may come back out of order) and returns the results in request
         order. A request the server answered with an error gets its typed
-        :class:`~router.errors.InferenceError` in the list instead of raising.
+        :class:`~router.proto.errors.InferenceError` in the list instead of raising.
 
         Args:
             requests: dicts with ``model`` and ``inputs``, and optionally
@@ -170,7 +170,7 @@ class WireClient:
         Raises:
             ValueError: ``depth`` < 1, or a request without ``model`` / ``inputs``.
             TypeError: an input's dtype has no supported OIP datatype.
-            router.errors.InferenceError: the server rejected a frame and closed
+            router.proto.errors.InferenceError: the server rejected a frame and closed
                 the connection (e.g. ``PayloadTooLarge``); no result is returned.
             OSError: the connection failed, or made no progress for ``timeout`` seconds.
         """

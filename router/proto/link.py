@@ -1,7 +1,7 @@
 """Constants of the router <-> worker link, shared by ``router`` and ``runtime``.
 
 The link is a Unix stream socket (one ``socketpair`` per worker) carrying
-length-prefixed msgpack frames (see :mod:`router.framing`).
+length-prefixed msgpack frames (see :mod:`router.proto.framing`).
 
 Both directions use one fixed-width frame layout (see :func:`pack`).
 
