@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="bench-deploy-") as tmp:
-        from runtime.demo import build_demo_store
+        from modelkit.demo import build_demo_store
 
         store = Path(tmp) / "store"
         build_demo_store(store)

@@ -125,7 +125,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -255,15 +254,16 @@ def cpu_jiffies(cpus: tuple[int, ...]) -> dict[int, tuple[int, int]]:
 
 
 class Proc:
-    """A server subprocess pinned with taskset, its output in a log file."""
+    """A server subprocess pinned with taskset, its output in a log file; ``env`` adds to the environment."""
 
-    def __init__(self, name: str, argv: list[str], cpu: int, log_dir: Path) -> None:
+    def __init__(self, name: str, argv: list[str], cpu: int, log_dir: Path,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "wb")
         self.spawned = time.monotonic()
         self.proc = subprocess.Popen(["taskset", "-c", str(cpu), *argv], cwd=ROOT, stdout=self._log,
-                                     stderr=subprocess.STDOUT, env=dict(os.environ))
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
         self.pid = self.proc.pid  # taskset execs the command: same pid
 
     @property
@@ -360,7 +360,7 @@ def daemon_workers(port: int) -> dict[str, int]:
 
 def prepare_store(store: Path, gpu: bool) -> None:
     """The demo store plus a ``nobatch`` copy of every benchmarked version (and a ``cuda`` one of mlp-wide)."""
-    from runtime.demo import build_demo_store  # torch: imported only when benchmarking
+    from modelkit.demo import build_demo_store  # torch: imported only when benchmarking
 
     build_demo_store(store, extra=True)
     copies = [(m, NOBATCH) for m in MODELS] + ([("mlp-wide", CUDA_VERSION)] if gpu else [])
@@ -460,29 +460,26 @@ def parse_wrk(text: str) -> dict[str, Any]:
 def decode_reply(fmt: str, headers: dict[str, str], body: bytes) -> tuple[str, str, list[int], list[float]]:
     """``(model_version, output name, shape, values)`` of a 200 inference reply in body format ``fmt``.
 
-    Raises:
-        ValueError, KeyError, IndexError, TypeError, struct.error: the reply is malformed.
-    """
-    import msgpack
+    The client's decoder reads the body (the format from its headers); on top, the reply must
+    hold one FP32 output, sent as binary data exactly when ``fmt`` is ``binary``.
 
-    if fmt == "json":
-        reply = json.loads(body)
-        out = reply["outputs"][0]
-        return reply["model_version"], out["name"], out["shape"], [float(v) for v in out["data"]]
+    Raises:
+        ValueError, KeyError, IndexError, TypeError: the reply is malformed.
+    """
+    import numpy as np
+
+    from router.client._oip import decode_infer
+
+    lower = {k.lower(): v for k, v in headers.items()}
+    result = decode_infer(200, lambda name: lower.get(name.lower()), body)
+    ((name, arr),) = result.outputs.items()
+    if arr.dtype != np.float32:
+        raise ValueError(f"{fmt} reply: output {name!r} is {arr.dtype}, not FP32")
     if fmt == "binary":
-        hdr = {k.lower(): v for k, v in headers.items()}
-        hlen = int(hdr[HCL.lower()])
-        reply = json.loads(body[:hlen])
-        out = reply["outputs"][0]
-        size = out["parameters"]["binary_data_size"]
-        if hlen + size != len(body) or "data" in out:
-            raise ValueError(f"binary reply: header {hlen} + data {size} bytes != body {len(body)} bytes")
-        return reply["model_version"], out["name"], out["shape"], list(struct.unpack(f"<{size // 4}f", body[hlen:]))
-    reply = msgpack.unpackb(body)
-    ((name, t),) = reply["outputs"].items()
-    if t["datatype"] != "FP32":
-        raise ValueError(f"msgpack reply: datatype {t['datatype']!r}")
-    return reply["model_version"], name, t["shape"], list(struct.unpack(f"<{len(t['data']) // 4}f", t["data"]))
+        hlen = int(lower[HCL.lower()])
+        if hlen + arr.nbytes != len(body):
+            raise ValueError(f"binary reply: header {hlen} + data {arr.nbytes} bytes != body {len(body)} bytes")
+    return result.model_version, name, list(arr.shape), arr.reshape(-1).tolist()
 
 
 def close_enough(a: list[float], b: list[float], tol: float) -> bool:
@@ -753,7 +750,7 @@ class Bench:
                 raise BenchError(f"{what}: status {status}: {reply[:500]!r}")
             try:
                 v, name, shape, data = decode_reply(fmt, rh, reply)
-            except (ValueError, KeyError, IndexError, TypeError, struct.error) as exc:
+            except (ValueError, KeyError, IndexError, TypeError) as exc:
                 raise BenchError(f"{what}: unparsable reply ({exc!r}): {reply[:500]!r}") from None
             if (v, name, shape, len(data)) != (version, p.output, [1, p.out_width], p.out_width):
                 raise BenchError(f"{what}: unexpected reply {(v, name, shape, len(data))}: {reply[:500]!r}")
@@ -766,6 +763,8 @@ class Bench:
     def _probe_tcp(self, p: Payload, expect: list[float], port: int) -> None:
         import msgpack
 
+        from router.client._tensors import msgpack_outputs
+
         with socket.create_connection((HOST, port), timeout=10) as s:
             s.sendall(p.frame(42))
             buf = b""
@@ -777,8 +776,8 @@ class Bench:
         rid, status, version, result = msgpack.unpackb(buf[4:])
         if (rid, status, version) != (42, 200, p.answering_version):
             raise BenchError(f"msgpack probe {p.model}: reply {(rid, status, version, result)!r}")
-        data = struct.unpack(f"<{p.out_width}f", result["outputs"][p.output]["data"])
-        if not close_enough(list(data), expect, 1e-5):
+        data = msgpack_outputs(result["outputs"])[p.output].reshape(-1).tolist()
+        if not close_enough(data, expect, 1e-5):
             raise BenchError(f"msgpack probe {p.model}: {data} differs from the HTTP answer {expect}")
 
     def _probe_shadow(self) -> None:

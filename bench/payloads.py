@@ -112,7 +112,7 @@ class Payload:
 
 
 def _linspace_row(width: int) -> tuple[float, ...]:
-    """The demo MLPs' example row: ``round(linspace(-1, 1, width), 4)`` (``runtime.demo._mlp_example``)."""
+    """The demo MLPs' example row: ``round(linspace(-1, 1, width), 4)`` (``modelkit.demo._mlp_example``)."""
     return tuple(round(float(v), 4) for v in np.linspace(-1.0, 1.0, width))
 
 

@@ -58,6 +58,9 @@ from .load import (
 )
 from .payloads import PAYLOADS
 
+#: The ``slow`` shadow calls an operator its worker imports only when told to.
+WORKER_PRELOAD = {"ROUTER_WORKER_PRELOAD": "modelkit.fixture_ops"}
+
 SETTINGS = ("none", "copy", "slow")
 SHADOWS = ("copy", "slow")
 LOADS = (("http", 1), ("http", 32), ("msgpack", 1))
@@ -92,7 +95,7 @@ class Layout:
         write_config(cfg, store, args.server_cpu, shadow_cpu, args.shadow_priority)
         self.proc = Proc(f"router-{name}", [sys.executable, "-m", "router", "serve", "--config", str(cfg),
                                             "--http", f"{HOST}:{self.http}", "--msgpack", f"{HOST}:{self.wire}"],
-                         args.server_cpu, tmp)
+                         args.server_cpu, tmp, env=WORKER_PRELOAD)
         self.results: dict[str, list[dict[str, Any]]] = {}
 
     def start(self) -> None:
@@ -236,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     layouts: list[Layout] = []
     with tempfile.TemporaryDirectory(prefix="bench-shadow-") as tmp:
-        from runtime.demo import build_demo_store
+        from modelkit.demo import build_demo_store
 
         store = Path(tmp) / "store"
         build_demo_store(store, extra=True)

@@ -35,8 +35,8 @@ def framing(request: pytest.FixtureRequest):
 
 @pytest.fixture(scope="module")
 def fraud_meta(tmp_path_factory: pytest.TempPathFactory):
+    from modelkit.demo import build_demo_store
     from router.proto.meta import read_meta
-    from runtime.demo import build_demo_store
 
     store = tmp_path_factory.mktemp("store")
     build_demo_store(store)
@@ -159,8 +159,8 @@ def test_encode_response(benchmark, fraud_meta, fmt: str) -> None:
 @pytest.mark.parametrize("fmt", list(BODIES))
 def test_shadow_compare(benchmark, fraud_meta, fmt: str) -> None:
     """A shadow worker's extra work per copy: decode the live reply, compare, pack the statistics."""
-    from runtime.codecs import decode_request, encode_response
-    from runtime.compare import compare, decode_reply, pack_stats
+    from runtime.codecs import decode_reply, decode_request, encode_response
+    from runtime.compare import compare, pack_stats
 
     meta, _ = fraud_meta
     kind, body = BODIES[fmt]
@@ -182,7 +182,7 @@ def test_shadow_send_router_side(benchmark) -> None:
 
     from router.metrics import Metrics
     from router.shadow import ShadowTarget
-    from router.supervisor import WorkerLink
+    from router.worker_link import WorkerLink
 
     class Transport:
         def __init__(self) -> None:
@@ -195,12 +195,13 @@ def test_shadow_send_router_side(benchmark) -> None:
             return False
 
     async def build() -> tuple[ShadowTarget, WorkerLink, Transport]:  # a link needs a running loop
-        wl = WorkerLink("fraud/2", 1 << 20, lambda _: None, copy_delay=10.0)  # flushed by the 32nd copy
+        wl = WorkerLink("fraud/2", 1 << 20, lambda _: None)
         t = Transport()
         wl.connection_made(t)  # type: ignore[arg-type]
         replica = SimpleNamespace(link=wl)
-        pool = SimpleNamespace(version="2", vc=SimpleNamespace(shadow_queue=1 << 30), pick=lambda: replica)
-        return ShadowTarget("fraud", pool, 1.0, 1 << 30, Metrics()), wl, t  # type: ignore[arg-type]
+        replicas = SimpleNamespace(version="2", vc=SimpleNamespace(shadow_queue=1 << 30), pick=lambda: replica)
+        # flush_s of 10 s: every write is made by the 32nd copy
+        return ShadowTarget("fraud", replicas, 1.0, 1 << 30, Metrics(), flush_s=10.0), wl, t  # type: ignore[arg-type]
 
     async def run() -> Transport:
         st, wl, t = await build()

@@ -1,4 +1,7 @@
-"""The admin API under ``/admin/``: traffic weights, shadows and status, behind a bearer token.
+"""The admin API under ``/admin/``: an HTTP adapter over the control plane, behind a bearer token.
+
+Each handler parses its request, calls :class:`router.control.ControlPlane` and
+sends the result's JSON; errors are ``{"error": ...}`` with the error's status.
 
 With a token configured (``ROUTER_ADMIN_TOKEN`` or ``admin.token_file``) every
 ``/admin/`` request needs ``Authorization: Bearer <token>`` (401 without it,
@@ -8,8 +11,6 @@ With a token configured (``ROUTER_ADMIN_TOKEN`` or ``admin.token_file``) every
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import hmac
 import ipaddress
 import json
@@ -21,11 +22,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .config import Address, Config
-from .configfile import plain_number, write_traffic
-from .proto.errors import ConfigError, DeployFailed, NoPreviousPool, ReloadRefused
+from .proto.errors import ConfigError, ReloadRefused, RouterError
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .control import ControlPlane
 
 log = logging.getLogger("router.admin")
 
@@ -101,203 +101,83 @@ def auth_middleware(token: str | None) -> Any:
     return guard
 
 
-def _number(raw: Any, where: str, hi: float | None = None) -> float:
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw != raw or raw in (float("inf"), float("-inf")):
-        raise ConfigError(f"{where}: must be a finite number, got {raw!r}")
-    if raw < 0:
-        raise ConfigError(f"{where}: must be >= 0, got {raw}")
-    if hi is not None and raw > hi:
-        raise ConfigError(f"{where}: must be <= {hi}, got {raw}")
-    return float(raw)
-
-
-def _section(body: dict, field: str, versions: Mapping[str, float], hi: float | None) -> dict[str, float]:
-    raw = body[field]
-    if not isinstance(raw, dict) or not raw:
-        raise ConfigError(f"{field}: must be a non-empty object of version -> number")
-    new = dict(versions)
-    for version, v in raw.items():
-        if version not in versions:
-            raise ConfigError(f"{field}.{version}: unknown version (the model has {', '.join(versions)})")
-        new[version] = _number(v, f"{field}.{version}", hi)
-    return new
-
-
-def parse_traffic(body: Any, weights: Mapping[str, float],
-                  shadows: Mapping[str, float]) -> tuple[dict[str, float], dict[str, float]]:
-    """Validate a ``{"weights": {...}, "shadow": {...}}`` document (either part may be left out).
-
-    Versions not named keep their weight and shadow fraction. Returns the full
-    new weight and shadow maps.
+def _traffic_body(body: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The ``weights`` and ``shadow`` objects of a traffic change (the values are the control plane's to check).
 
     Raises:
-        ConfigError: naming the problem (unknown version, bad number, a version
-            that would be both live and shadow, no live version left).
+        ConfigError: the body is not ``{"weights": {...}, "shadow": {...}}`` (either may be left out).
     """
     unknown = sorted(set(body) - {"weights", "shadow"}) if isinstance(body, dict) else []
     if unknown:
         raise ConfigError(f"unknown field {unknown[0]!r} (allowed: weights, shadow)")
-    if not isinstance(body, dict) or not ({"weights", "shadow"} & set(body)):
+    if not isinstance(body, dict) or not body:
         raise ConfigError('body must be a JSON object like {"weights": {"1": 80, "2": 20}} '
                           'or {"shadow": {"3": 0.5}}, or both')
-    new_w = _section(body, "weights", weights, None) if "weights" in body else dict(weights)
-    new_s = _section(body, "shadow", shadows, 1.0) if "shadow" in body else dict(shadows)
-    for version in weights:
-        if new_w[version] > 0 and new_s[version] > 0:
-            field = "shadow" if version in body.get("shadow", ()) else "weights"
-            raise ConfigError(
-                f"{field}.{version}: a version is either live (weight > 0) or a shadow, not both; "
-                f'to make it a shadow send {{"weights": {{"{version}": 0}}, "shadow": {{"{version}": ...}}}}')
-    if not any(w > 0 for w in new_w.values()):
-        raise ConfigError("weights: at least one version needs weight > 0")
-    return new_w, new_s
+    out: list[dict[str, Any] | None] = []
+    for section in ("weights", "shadow"):
+        raw = body.get(section)
+        if section in body and (not isinstance(raw, dict) or not raw):
+            raise ConfigError(f"{section}: must be a non-empty object of version -> number")
+        out.append(raw)
+    return out[0], out[1]
+
+
+async def _json_body(request: web.Request) -> Any:
+    try:
+        return json.loads(await request.read())
+    except ValueError as exc:
+        raise ConfigError(f"malformed JSON: {exc}") from None
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A control-plane error as ``{"error": ...}`` with its status; "nothing changed" where nothing did."""
+    try:
+        return await handler(request)
+    except (ConfigError, ReloadRefused) as exc:
+        return _error(exc.status, f"{exc}; nothing changed")
+    except RouterError as exc:
+        return _error(exc.status, str(exc))
 
 
 class AdminHandlers:
-    """Handlers bound to one :class:`Server`."""
+    """The admin API: each handler parses its request, calls the control plane, and renders the result."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, control: ControlPlane) -> None:
+        self.control = control
 
-    def _traffic(self, name: str) -> dict[str, Any]:
-        route = self.server.pools.models[name]
-        mc = route.config
-        return {
-            "model": name,
-            "routing_key": mc.routing_key,
-            "weights": {v.version: plain_number(v.weight) for v in mc.versions},
-            "shadow": {v.version: v.shadow for v in mc.versions if v.shadow},
-            "live": list(route.table.versions),
-        }
+    async def models(self, request: web.Request) -> web.Response:
+        return web.json_response(self.control.status().to_json())
 
     async def get_traffic(self, request: web.Request) -> web.Response:
-        name = request.match_info["model"]
-        if name not in self.server.pools.models:
-            return _error(404, f"unknown model {name!r}")
-        return web.json_response(self._traffic(name))
+        return web.json_response(self.control.traffic(request.match_info["model"]).to_json())
 
     async def put_traffic(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        pools = self.server.pools
-        if name not in pools.models:
-            return _error(404, f"unknown model {name!r}")
-        try:
-            body = json.loads(await request.read())
-        except ValueError as exc:
-            return _error(400, f"malformed JSON: {exc}")
-        async with self.server.change_lock:  # one change (and file write) at a time
-            mc = pools.models[name].config
-            try:
-                weights, shadows = parse_traffic(body, {v.version: v.weight for v in mc.versions},
-                                                 {v.version: v.shadow for v in mc.versions})
-            except ConfigError as exc:
-                return _error(400, str(exc))
-            config = self.server.config
-            if config.source is not None:
-                # Write first: if the file cannot take the change, nothing changes.
-                try:
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, write_traffic, config.source, name, weights, shadows)
-                except (ConfigError, OSError) as exc:
-                    log.error("traffic change for %s not applied: %s", name, exc)
-                    return _error(409 if isinstance(exc, ConfigError) else 500,
-                                  f"config file not updated, nothing changed: {exc}")
-            self.server.set_config(_with_traffic(config, name, weights, shadows))
-            log.info("traffic for %s: %s", name, ", ".join(
-                f"{v}={plain_number(w)}" if not shadows[v] else f"{v}=shadow {shadows[v]:g}"
-                for v, w in weights.items()))
-        return web.json_response(self._traffic(name))
+        self.control.traffic(name)  # 404 before the body is read
+        weights, shadow = _traffic_body(await _json_body(request))
+        return web.json_response((await self.control.set_traffic(name, weights, shadow)).to_json())
 
     async def reload(self, request: web.Request) -> web.Response:
-        try:
-            plan = await self.server.reload()
-        except (ConfigError, ReloadRefused) as exc:
-            return _error(exc.status, f"{exc}; nothing changed")
-        except DeployFailed as exc:
-            return _error(exc.status, str(exc))
-        return web.json_response({"reloaded": str(self.server.config.source), "changes": list(plan.live),
-                                  "deployed": {m: list(why) for m, why in plan.deploy.items()}})
-
-    def _swapped(self, name: str, swap: float) -> web.Response:
-        route = self.server.pools.models[name]
-        return web.json_response({"model": name, "active": route.pool, "swap_us": round(swap * 1e6, 1),
-                                  "versions": [v.version for v in route.config.versions]})
+        return web.json_response((await self.control.reload()).to_json())
 
     async def deploy(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
-        if name not in self.server.pools.models:
-            return _error(404, f"unknown model {name!r}")
-        try:
-            body = json.loads(await request.read())
-        except ValueError as exc:
-            return _error(400, f"malformed JSON: {exc}")
+        self.control.traffic(name)  # 404 before the body is read
+        body = await _json_body(request)
         if not isinstance(body, dict) or set(body) != {"versions"} or not isinstance(body["versions"], list):
-            return _error(400, 'body must be a JSON object like {"versions": [{"version": "3", "weight": 100}]} '
-                               "(the model's whole new version set, keys as in config.toml)")
-        try:
-            swap = await self.server.deploy(name, body["versions"])
-        except ConfigError as exc:
-            return _error(400, f"{exc}; nothing changed")
-        except DeployFailed as exc:
-            return _error(exc.status, str(exc))
-        return self._swapped(name, swap)
+            raise ConfigError('body must be a JSON object like {"versions": [{"version": "3", "weight": 100}]} '
+                              "(the model's whole new version set, keys as in config.toml)")
+        return web.json_response((await self.control.deploy(name, body["versions"])).to_json())
 
     async def rollback(self, request: web.Request) -> web.Response:
-        name = request.match_info["model"]
-        if name not in self.server.pools.models:
-            return _error(404, f"unknown model {name!r}")
-        try:
-            swap = await self.server.rollback(name)
-        except NoPreviousPool as exc:
-            return _error(exc.status, str(exc))
-        return self._swapped(name, swap)
-
-    async def models(self, request: web.Request) -> web.Response:
-        out = []
-        for name, route in self.server.pools.models.items():
-            t = self._traffic(name)
-            prev = self.server.pools.previous.get(name)
-            t["pool"] = route.pool
-            t["previous"] = ({"pool": prev.pool, "versions": [v.version for v in prev.config.versions]}
-                             if prev is not None else None)
-            t["versions"] = [
-                {
-                    "version": p.version,
-                    "weight": plain_number(p.vc.weight),
-                    "shadow": p.vc.shadow,
-                    "device": p.vc.device,
-                    **({"shadow_queue": {"outstanding": route.shadows[p.version].outstanding,
-                                         "limit": p.vc.shadow_queue,
-                                         "last_error": route.shadows[p.version].last_error}}
-                       if p.vc.shadow else {}),
-                    "workers": [
-                        {"replica": r.index, "pid": r.pid, "state": r.state, "live": r.live,
-                         "cpus": r.info.get("cpus", list(p.vc.cpus)), "device": r.info.get("device", p.vc.device),
-                         "outstanding": r.outstanding, "restarts": r.restarts}
-                        for r in p.replicas
-                    ],
-                }
-                for p in route.versions.values()
-            ]
-            out.append(t)
-        return web.json_response({"models": out, "ready": self.server.pools.ready,
-                                  "draining": self.server.draining})
+        return web.json_response((await self.control.rollback(request.match_info["model"])).to_json())
 
 
-def _with_traffic(config: Config, model: str, weights: Mapping[str, float], shadows: Mapping[str, float]) -> Config:
-    models = tuple(
-        dataclasses.replace(m, versions=tuple(
-            dataclasses.replace(v, weight=weights[v.version], shadow=shadows[v.version]) for v in m.versions))
-        if m.name == model else m
-        for m in config.models
-    )
-    return dataclasses.replace(config, models=models)
-
-
-def make_admin_app(server: Server) -> web.Application:
-    """The ``/admin/`` sub-application, guarded by :func:`auth_middleware`."""
-    app = web.Application(middlewares=[auth_middleware(server.admin_token)])
-    h = AdminHandlers(server)
+def make_admin_app(control: ControlPlane, token: str | None) -> web.Application:
+    """The ``/admin/`` sub-application over ``control``, guarded by :func:`auth_middleware`."""
+    app = web.Application(middlewares=[auth_middleware(token), _errors])
+    h = AdminHandlers(control)
     app.router.add_get("/models", h.models)
     app.router.add_get("/models/{model}/traffic", h.get_traffic)
     app.router.add_put("/models/{model}/traffic", h.put_traffic)

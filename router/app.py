@@ -15,16 +15,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
-from .admin import make_admin_app
-from .proto.errors import InferenceError, PayloadTooLarge, WorkerUnavailable
+from .lifecycle import Exchange
+from .proto.errors import InferenceError, PayloadTooLarge
+from .proto.link import FMT_MSGPACK
 
 if TYPE_CHECKING:
-    from .server import Server
+    from prometheus_client import CollectorRegistry
+
+    from .lifecycle import Lifecycle
 
 log = logging.getLogger("router.http")
 
 _HCL = "Inference-Header-Content-Length"
-SERVER_KEY: web.AppKey[Server] = web.AppKey("server")
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -46,28 +48,22 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
                               else exc.text)
 
 
-class _Call:
-    """What a mirrored copy needs to know about the live request it copies."""
-
-    __slots__ = ("version", "answered", "key", "kind", "hlen", "body")
-
-    def __init__(self, version: str | None) -> None:
-        self.version = version
-        self.answered = version or ""
-        self.key: str | None = None
-        self.kind = 0
-        self.hlen = 0
-        self.body = b""
-
-
 class Handlers:
-    """Route handlers bound to one :class:`Server`."""
+    """Route handlers of the aiohttp application; also the :class:`router.lifecycle.Front` of its requests.
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.pools = server.pools
-        self.metrics = server.metrics
-        self.max_body = server.config.server.max_body_bytes
+    Args:
+        lifecycle: what every inference request does once parsed.
+        answers: health and metadata answers.
+        registry: the metrics served at ``/metrics``.
+        max_body: largest body accepted (``server.max_body_bytes``).
+    """
+
+    def __init__(self, lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegistry,
+                 max_body: int) -> None:
+        self.lifecycle = lifecycle
+        self.answers = answers
+        self.registry = registry
+        self.max_body = max_body
         self.loop = asyncio.get_running_loop()
 
     @staticmethod
@@ -78,95 +74,78 @@ class Handlers:
         return web.Response(status=status, body=body, content_type="application/json")
 
     async def live(self, request: web.Request) -> web.Response:
-        return self._answer(oip.live(self.server))
+        return self._answer(self.answers.live())
 
     async def ready(self, request: web.Request) -> web.Response:
-        return self._answer(oip.ready(self.server))
+        return self._answer(self.answers.ready())
 
     async def server_metadata(self, request: web.Request) -> web.Response:
-        return self._answer(oip.server_metadata(self.server))
+        return self._answer(self.answers.server_metadata())
 
     async def model_metadata(self, request: web.Request) -> web.Response:
         mi = request.match_info
-        return self._answer(oip.model_metadata(self.server, mi["model"], mi.get("version")))
+        return self._answer(self.answers.model_metadata(mi["model"], mi.get("version")))
 
     async def model_ready(self, request: web.Request) -> web.Response:
         mi = request.match_info
-        return self._answer(oip.model_ready(self.server, mi["model"], mi.get("version")))
+        return self._answer(self.answers.model_ready(mi["model"], mi.get("version")))
 
     async def infer(self, request: web.Request) -> web.StreamResponse:
         t0 = monotonic()
         mi = request.match_info
-        model = mi["model"]
-        version = mi.get("version")
-        route = self.pools.models.get(model)
-        if route is None:
-            return error_response(404, f"unknown model {model!r}")
-        counts = self.metrics.in_flight
-        ckey = (model, "http")
-        counts[ckey] += 1
-        call = _Call(version)
+        model, version = mi["model"], mi.get("version")
+        fut: asyncio.Future[tuple[int, int, bytes]] = self.loop.create_future()
+        ex = Exchange(self.lifecycle, self, "http", fut)
         try:
-            try:
-                status, hlen, payload = await self._infer(request, route, call, t0)
-            except InferenceError as exc:
-                status, hlen, payload = exc.status, 0, exc.message.encode()
-            if status != 200:
-                resp = error_response(status, payload.decode(errors="replace"))
-            elif hlen:
-                resp = web.Response(body=payload, content_type="application/octet-stream",
-                                    headers={_HCL: str(hlen)})
-            else:
-                resp = web.Response(body=payload, content_type=self._reply_type(request))
+            body = await self._read(request)
+            headers = request.headers
+            fmt, hlen = oip.body_format(headers.get(_HCL), headers.get("Content-Type", ""), len(body))
+        except InferenceError as exc:
+            self.lifecycle.refuse(ex, model, version, exc, t0)
+        else:
+            self.lifecycle.submit(ex, model, version, None, fmt, hlen, body, t0, request.headers)
+        status, hlen, payload = await fut
+        if status != 200:
+            resp = error_response(status, payload.decode(errors="replace"))
+        elif hlen:
+            resp = web.Response(body=payload, content_type="application/octet-stream", headers={_HCL: str(hlen)})
+        else:
+            resp = web.Response(body=payload, content_type="application/msgpack" if ex.fmt == FMT_MSGPACK
+                                else "application/json")
+        try:
+            if status == 200 and ex.pool is not None and ex.pool.mirror is not None:
+                # Write it now: the copies leave only once the caller has its reply.
+                await resp.prepare(request)
+                await resp.write_eof()
         finally:
-            counts[ckey] -= 1
-        self.metrics.observe(model, call.answered, "http", status, monotonic() - t0)
-        if status == 200 and route.mirror is not None:
-            # The copies leave only once the caller has its reply.
-            await resp.prepare(request)
-            await resp.write_eof()
-            route.mirror_copy(call.answered, call.key, "http", call.kind, call.hlen, call.body, hlen, payload)
+            self.lifecycle.written(ex, status, hlen, payload)
         return resp
 
-    @staticmethod
-    def _reply_type(request: web.Request) -> str:
-        ct = request.headers.get("Content-Type", "")
-        return "application/msgpack" if ct.startswith(oip.MSGPACK_TYPES) else "application/json"
+    def reply(self, ex: Exchange, status: int, header_len: int, payload: bytes) -> None:
+        """Wake the handler waiting for ``ex`` (:class:`router.lifecycle.Front`); it writes, then says so."""
+        fut = ex.tag
+        if not fut.done():
+            fut.set_result((status, header_len, payload))
 
-    async def _infer(self, request: web.Request, route: Any, call: _Call, t0: float) -> tuple[int, int, bytes]:
-        if self.server.draining:
-            raise WorkerUnavailable("server is shutting down")
+    async def _read(self, request: web.Request) -> bytes:
         n = request.content_length
         if n is not None and n > self.max_body:
             raise PayloadTooLarge(f"body of {n} bytes exceeds the limit of {self.max_body} bytes")
         try:
-            body = await request.read()
+            return await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLarge(f"body exceeds the limit of {self.max_body} bytes") from None
-        headers = request.headers
-        kind, hlen = oip.body_format(headers.get(_HCL), headers.get("Content-Type", ""), len(body))
-        rk = route.routing_key
-        key = headers.get(rk) if rk is not None else None
-        fut: asyncio.Future[tuple[int, int, bytes]] = self.loop.create_future()
-
-        def done(status: int, hl: int, payload: bytes) -> None:
-            if not fut.done():
-                fut.set_result((status, hl, payload))
-
-        call.answered = self.pools.submit(route, call.version, key, kind, hlen, body, done, t0)
-        call.key, call.kind, call.hlen, call.body = key, kind, hlen, body
-        return await fut
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        body = generate_latest(self.metrics.registry)
+        body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-def make_app(server: Server) -> web.Application:
-    """The aiohttp application serving OIP v2 and /metrics for ``server``."""
-    app = web.Application(middlewares=[json_errors], client_max_size=server.config.server.max_body_bytes)
-    app[SERVER_KEY] = server
-    h = Handlers(server)
+def make_app(lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegistry, max_body: int,
+             admin: web.Application) -> web.Application:
+    """The aiohttp application: OIP v2, ``/metrics``, and the ``admin`` sub-application under ``/admin/``."""
+    app = web.Application(middlewares=[json_errors], client_max_size=max_body)
+    h = Handlers(lifecycle, answers, registry, max_body)
     r = app.router
     r.add_get("/v2/health/live", h.live)
     r.add_get("/v2/health/ready", h.ready)
@@ -176,5 +155,5 @@ def make_app(server: Server) -> web.Application:
         r.add_get(base + "/ready", h.model_ready)
         r.add_post(base + "/infer", h.infer)
     r.add_get("/metrics", h.metrics_endpoint)
-    app.add_subapp("/admin/", make_admin_app(server))
+    app.add_subapp("/admin/", admin)
     return app

@@ -16,8 +16,11 @@ from typing import Any
 from .admin import TOKEN_ENV, check_bind, resolve_token
 from .config import load_config, parse_address
 from .proto.errors import ConfigError, RouterError
+from .results import ReloadResult, StatusResult, SwapResult, TrafficResult
 
 log = logging.getLogger("router")
+
+Result = TrafficResult | ReloadResult | SwapResult | StatusResult
 
 
 def _setup_logging() -> None:
@@ -63,7 +66,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
-    from runtime.demo import main as demo_main  # imports torch: only this command pays for it
+    from modelkit.demo import main as demo_main  # imports torch: only this command pays for it
 
     argv = ["--store", args.store] if args.store else []
     if args.store is None:
@@ -126,41 +129,18 @@ def _pairs(items: list[str], what: str) -> dict[str, float] | None:
     return out
 
 
-def _print_traffic(res: dict) -> None:
-    total = sum(res["weights"].values()) or 1
-    for v, w in res["weights"].items():
-        if res["shadow"].get(v):
-            print(f"{res['model']} v{v}: shadow, mirrors {100 * res['shadow'][v]:g}% of live traffic")
-        else:
-            print(f"{res['model']} v{v}: weight {w} ({100 * w / total:.1f}%)")
-
-
 def cmd_traffic(args: argparse.Namespace) -> int:
     """``traffic`` (field ``weights``) and ``shadow`` (field ``shadow``): set the named versions, or show."""
     values = _pairs(args.values, args.unit)
     if values is None:
         return 2
-    try:
-        if values:
-            res = _admin_call(args, "PUT", f"/admin/models/{args.model}/traffic", {args.field: values})
-        else:
-            res = _admin_call(args, "GET", f"/admin/models/{args.model}/traffic")
-    except (RouterError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    _print_traffic(res)
-    return 0
+    if values:
+        return _render(TrafficResult, args, "PUT", f"/admin/models/{args.model}/traffic", {args.field: values})
+    return _render(TrafficResult, args, "GET", f"/admin/models/{args.model}/traffic")
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    try:
-        res = _admin_call(args, "POST", "/admin/reload", {})
-    except (RouterError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    changes = [*res["changes"], *(f"deployed {m} ({'; '.join(why)})" for m, why in res["deployed"].items())]
-    print(f"reloaded {res['reloaded']}: " + ("; ".join(changes) if changes else "no change"))
-    return 0
+    return _render(ReloadResult, args, "POST", "/admin/reload", {})
 
 
 def cmd_deploy(args: argparse.Namespace) -> int:
@@ -173,49 +153,25 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         log.error("cannot read the version set from %s: %s", args.versions, exc)
         return 2
     versions = doc["versions"] if isinstance(doc, dict) and "versions" in doc else doc
-    try:
-        res = _admin_call(args, "POST", f"/admin/models/{args.model}/deploy", {"versions": versions})
-    except (RouterError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    print(f"{res['model']}: deployed versions {', '.join(res['versions'])}; the {res['active']} pool is active "
-          f"(swap {res['swap_us']} us)")
-    return 0
+    return _render(SwapResult, args, "POST", f"/admin/models/{args.model}/deploy", {"versions": versions})
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    try:
-        res = _admin_call(args, "POST", f"/admin/models/{args.model}/rollback", {})
-    except (RouterError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
-    print(f"{res['model']}: the {res['active']} pool is active again (versions {', '.join(res['versions'])}; "
-          f"swap {res['swap_us']} us)")
-    return 0
+    return _render(SwapResult, args, "POST", f"/admin/models/{args.model}/rollback", {})
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    return _render(StatusResult, args, "GET", "/admin/models")
+
+
+def _render(result: type[Result], args: argparse.Namespace, method: str, path: str, body: object = None) -> int:
+    """One admin API call, its result printed as text (the control plane's result, rebuilt from its JSON)."""
     try:
-        res = _admin_call(args, "GET", "/admin/models")
+        res = result.from_json(_admin_call(args, method, path, body))
     except (RouterError, ConfigError) as exc:
         log.error("%s", exc)
         return 1
-    print(f"ready: {'yes' if res['ready'] else 'no'}{' (draining)' if res['draining'] else ''}")
-    for m in res["models"]:
-        print(f"model {m['model']}" + (f" (routing key: {m['routing_key']})" if m["routing_key"] else "")
-              + f", {m['pool']} pool active"
-              + (f", {m['previous']['pool']} pool warm for rollback" if m["previous"] else ""))
-        total = sum(m["weights"].values()) or 1
-        for v in m["versions"]:
-            share = f"{100 * v['weight'] / total:5.1f}%" if not v["shadow"] else f"shadow {v['shadow']:.0%}"
-            print(f"  v{v['version']:<8} weight {v['weight']:<6} {share}  {v['device']}")
-            q = v.get("shadow_queue")
-            if q:
-                print(f"    shadow queue {q['outstanding']}/{q['limit']}"
-                      + (f"; last error: {q['last_error']}" if q["last_error"] else ""))
-            for w in v["workers"]:
-                print(f"    #{w['replica']} pid {w['pid']} {w['state']:<10} cpus {w['cpus']} "
-                      f"in flight {w['outstanding']} restarts {w['restarts']}")
+    print(res.text())
     return 0
 
 

@@ -1,7 +1,13 @@
 """``config.toml`` -> one frozen :class:`Config`, validated once.
 
+Every key is declared once, on its dataclass field (:func:`setting`): default, bounds, special
+rule, whether a reload applies it live, and a one-line doc. Closed choices are ``Literal`` types.
+One reader walks the fields and dispatches on their types, so key sets, defaults and error
+messages cannot drift apart; the admin API validates with the same rules (:func:`parse_model`,
+:func:`parse_version`, :func:`parse_value`).
+
 Every error names the dotted key path and the reason, e.g.
-``models[0].versions[1].weight: must be >= 0``. Unknown keys are rejected so a
+``models[0].versions[1].weight: must be >= 0.0, got -5``. Unknown keys are rejected so a
 typo never silently falls back to a default. The key names are a contract
 (docs/config.md): extend, never rename.
 """
@@ -9,16 +15,22 @@ typo never silently falls back to a default. The key names are a contract
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
-from dataclasses import dataclass, field
+import types
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal, NamedTuple, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from .proto.errors import ConfigError
 
 DEFAULT_HTTP = "127.0.0.1:8080"
 DEFAULT_MSGPACK = "127.0.0.1:8081"
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,144 +42,6 @@ class Address:
 
     def __str__(self) -> str:
         return f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    http: Address | None
-    msgpack: Address | None
-    request_timeout_ms: int = 1000
-    max_body_bytes: int = 16 * 1024 * 1024
-    drain_timeout_s: float = 10.0
-    max_inflight_per_worker: int = 1024
-    worker_start_timeout_s: float = 60.0
-    shadow_priority: str = "idle"
-    shadow_flush_us: int = 1000
-    keepalive_timeout_s: float = 3630.0
-    busy_poll_us: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class VersionConfig:
-    version: str
-    weight: float = 1.0
-    shadow: float = 0.0
-    shadow_queue: int = 64
-    replicas: int = 1
-    device: str = "cpu"
-    cpus: tuple[int, ...] = ()
-    threads: int = 0  # 0 = len(cpus), or 1 when cpus is empty
-    max_batch_size: int = 32
-    max_batch_delay_us: int = 0
-    optimize: bool = True
-
-    @property
-    def effective_threads(self) -> int:
-        return self.threads or max(1, len(self.cpus))
-
-    def to_table(self) -> dict[str, Any]:
-        """The ``[[models.versions]]`` keys that reproduce this version: ``version``, ``weight`` and
-        every other key that differs from its default."""
-        out: dict[str, Any] = {"version": self.version, "weight": self.weight}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if f.name not in out and value != f.default:
-                out[f.name] = list(value) if isinstance(value, tuple) else value
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class ModelConfig:
-    name: str
-    routing_key: str | None
-    versions: tuple[VersionConfig, ...]
-    keep_previous_s: float = 300.0
-
-    def version(self, v: str) -> VersionConfig | None:
-        for vc in self.versions:
-            if vc.version == v:
-                return vc
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class AdminConfig:
-    token_file: Path | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """The whole daemon configuration. Built by :func:`load_config` / :func:`parse_config`."""
-
-    server: ServerConfig
-    store_path: Path
-    models: tuple[ModelConfig, ...]
-    source: Path | None = field(default=None, compare=False)
-    admin: AdminConfig = AdminConfig()
-
-    def model(self, name: str) -> ModelConfig | None:
-        for m in self.models:
-            if m.name == name:
-                return m
-        return None
-
-
-# -- validation helpers -------------------------------------------------------
-
-
-def _table(raw: Any, where: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: must be a table")
-    unknown = sorted(set(raw) - allowed)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key (allowed: {', '.join(sorted(allowed))})")
-    return raw
-
-
-def _int(raw: dict[str, Any], key: str, where: str, default: int, lo: int, hi: int | None = None) -> int:
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise ConfigError(f"{where}.{key}: must be an integer, got {v!r}")
-    if v < lo:
-        raise ConfigError(f"{where}.{key}: must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{where}.{key}: must be <= {hi}, got {v}")
-    return v
-
-
-def _num(raw: dict[str, Any], key: str, where: str, default: float, lo: float, hi: float | None = None) -> float:
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ConfigError(f"{where}.{key}: must be a number, got {v!r}")
-    if v != v or v in (float("inf"), float("-inf")):
-        raise ConfigError(f"{where}.{key}: must be a finite number, got {v}")
-    if v < lo:
-        raise ConfigError(f"{where}.{key}: must be >= {lo}, got {v}")
-    if hi is not None and v > hi:
-        raise ConfigError(f"{where}.{key}: must be <= {hi}, got {v}")
-    return float(v)
-
-
-def _bool(raw: dict[str, Any], key: str, where: str, default: bool) -> bool:
-    v = raw.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{where}.{key}: must be true or false, got {v!r}")
-    return v
-
-
-def _choice(raw: dict[str, Any], key: str, where: str, default: str, allowed: tuple[str, ...]) -> str:
-    v = raw.get(key, default)
-    if v not in allowed:
-        raise ConfigError(f"{where}.{key}: must be one of {', '.join(map(repr, allowed))}, got {v!r}")
-    return v
-
-
-def _str(raw: dict[str, Any], key: str, where: str, default: str | None = None) -> str:
-    v = raw.get(key, default)
-    if not isinstance(v, str) or not v:
-        raise ConfigError(f"{where}.{key}: must be a non-empty string, got {v!r}")
-    return v
 
 
 def parse_address(value: Any, where: str) -> Address | None:
@@ -189,81 +63,347 @@ def parse_address(value: Any, where: str) -> Address | None:
     return Address(host, p)
 
 
-_SERVER_KEYS = {
-    "http", "msgpack", "request_timeout_ms", "max_body_bytes", "drain_timeout_s",
-    "max_inflight_per_worker", "worker_start_timeout_s", "shadow_priority", "shadow_flush_us",
-    "keepalive_timeout_s", "busy_poll_us",
-}
-_VERSION_KEYS = {
-    "version", "weight", "shadow", "shadow_queue", "replicas", "device", "cpus", "threads",
-    "max_batch_size", "max_batch_delay_us", "optimize",
-}
+# -- declaring keys -------------------------------------------------------------
 
 
-def _device(v: Any, where: str) -> str:
-    if v == "cpu":
-        return v
-    if isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit():
+class Ctx(NamedTuple):
+    """What a :class:`Setting` hook may look at besides the value."""
+
+    base: Path | None  # the config file's directory: relative paths are resolved against it
+    table: dict[str, Any]  # the values of the current table read so far (by attribute name)
+
+
+#: ``hook(value, dotted_key, ctx) -> value``; raises :class:`ConfigError` naming ``dotted_key``.
+Hook = Callable[[Any, str, Ctx], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """What :func:`setting` records about one config key (in ``field.metadata["setting"]``)."""
+
+    doc: str
+    lo: float | None = None  # inclusive bounds of a number (of each element of an array)
+    hi: float | None = None
+    parse: Hook | None = None  # reads the raw value itself: a syntax of its own instead of the type's
+    check: Hook | None = None  # validates / normalises the value after the type's reader
+    default_from: Callable[[dict[str, Any]], Any] | None = None  # default depending on keys read before
+    live: bool = False  # a reload applies a change of this key without restarting workers
+    key: str | None = None  # the TOML key, where it is not the attribute's name
+
+
+def setting(default: Any = MISSING, *, doc: str, lo: float | None = None, hi: float | None = None,
+            parse: Hook | None = None, check: Hook | None = None,
+            default_from: Callable[[dict[str, Any]], Any] | None = None, live: bool = False,
+            key: str | None = None) -> Any:
+    """A dataclass field that is a config key. Without ``default`` the key is required, unless
+    its type admits ``None`` (absent = ``None``) or it is a table (absent = empty table)."""
+    meta = {"setting": Setting(doc, lo, hi, parse, check, default_from, live, key)}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
+def settings(cls: type) -> Mapping[str, tuple[dataclasses.Field[Any], Setting]]:
+    """The keys of a config table class in declaration order: TOML key -> (field, :class:`Setting`).
+
+    Fields not declared with :func:`setting` (``Config.source``) are not keys.
+    """
+    return {s.key or f.name: (f, s) for f in dataclasses.fields(cls) if (s := f.metadata.get("setting"))}
+
+
+# -- rules of single keys (hooks) -----------------------------------------------
+
+
+def _version_name(v: Any, where: str, ctx: Ctx) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = str(v)  # `version = 3` names the same directory as `version = "3"`
+    if not isinstance(v, str) or not v or "/" in v:
+        raise ConfigError(f"{where}: must be a non-empty string without '/', got {v!r}")
+    return v
+
+
+def _no_slash(v: str, where: str, ctx: Ctx) -> str:
+    if "/" in v:  # names are URL path segments and store directories
+        raise ConfigError(f"{where}: must not contain '/', got {v!r}")
+    return v
+
+
+def _device(v: Any, where: str, ctx: Ctx) -> str:
+    if v == "cpu" or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()):
         return v
     raise ConfigError(f"{where}: must be \"cpu\" or \"cuda:N\", got {v!r}")
 
 
-def _version(raw: Any, where: str) -> VersionConfig:
-    t = _table(raw, where, _VERSION_KEYS)
-    version = t.get("version")
-    if isinstance(version, int) and not isinstance(version, bool):
-        version = str(version)
-    if not isinstance(version, str) or not version or "/" in version:
-        raise ConfigError(f"{where}.version: must be a non-empty string without '/', got {version!r}")
-    shadow = _num(t, "shadow", where, 0.0, 0.0, 1.0)
-    weight = _num(t, "weight", where, 0.0 if shadow else 1.0, 0.0)
-    if shadow and weight:
-        raise ConfigError(f"{where}: a shadow version takes no live traffic; set weight = 0 or remove shadow")
-    cpus = t.get("cpus", [])
-    if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in cpus):
-        raise ConfigError(f"{where}.cpus: must be a list of CPU numbers, got {cpus!r}")
+def _cpus(cpus: tuple[int, ...], where: str, ctx: Ctx) -> tuple[int, ...]:
     ncpu = os.cpu_count() or 1
     for c in cpus:
         if not 0 <= c < ncpu:
-            raise ConfigError(f"{where}.cpus: CPU {c} does not exist (this machine has 0..{ncpu - 1})")
+            raise ConfigError(f"{where}: CPU {c} does not exist (this machine has 0..{ncpu - 1})")
     if len(set(cpus)) != len(cpus):
-        raise ConfigError(f"{where}.cpus: duplicate CPU numbers in {cpus!r}")
-    return VersionConfig(
-        version=version,
-        weight=weight,
-        shadow=shadow,
-        shadow_queue=_int(t, "shadow_queue", where, 64, 1, 1_000_000),
-        replicas=_int(t, "replicas", where, 1, 1, 64),
-        device=_device(t.get("device", "cpu"), f"{where}.device"),
-        cpus=tuple(cpus),
-        threads=_int(t, "threads", where, 0, 0, 256),
-        max_batch_size=_int(t, "max_batch_size", where, 32, 1, 65536),
-        max_batch_delay_us=_int(t, "max_batch_delay_us", where, 0, 0, 1_000_000),
-        optimize=_bool(t, "optimize", where, True),
-    )
+        raise ConfigError(f"{where}: duplicate CPU numbers in {list(cpus)!r}")
+    return cpus
 
 
-def _model(raw: Any, where: str) -> ModelConfig:
-    t = _table(raw, where, {"name", "routing_key", "versions", "keep_previous_s"})
-    name = _str(t, "name", where)
-    if "/" in name:
-        raise ConfigError(f"{where}.name: must not contain '/', got {name!r}")
-    rk = t.get("routing_key")
-    if rk is not None and (not isinstance(rk, str) or not rk):
-        raise ConfigError(f"{where}.routing_key: must be a non-empty string, got {rk!r}")
-    vraw = t.get("versions")
-    if not isinstance(vraw, list) or not vraw:
-        raise ConfigError(f"{where}.versions: must be a non-empty array of tables ([[models.versions]])")
-    versions = tuple(_version(v, f"{where}.versions[{i}]") for i, v in enumerate(vraw))
-    seen: set[str] = set()
-    for i, v in enumerate(versions):
-        if v.version in seen:
-            raise ConfigError(f"{where}.versions[{i}].version: duplicate version {v.version!r}")
-        seen.add(v.version)
+def _weight_default(table: dict[str, Any]) -> float:
+    return 0.0 if table["shadow"] else 1.0  # a shadow takes no live traffic
+
+
+def _live_or_shadow(weight: float, where: str, ctx: Ctx) -> float:
+    if weight and ctx.table.get("shadow"):
+        raise ConfigError(f"{where.rpartition('.')[0]}: a shadow version takes no live traffic, but version "
+                          f"{ctx.table.get('version')!r} has weight {weight:g}; set weight = 0 or remove shadow")
+    return weight
+
+
+def _lower(v: str | None, where: str, ctx: Ctx) -> str | None:
+    return v.lower() if v else None  # HTTP header names are case-insensitive
+
+
+def _unique(attr: str, noun: str) -> Hook:
+    def check(items: tuple[Any, ...], where: str, ctx: Ctx) -> tuple[Any, ...]:
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            name = getattr(item, attr)
+            if name in seen:
+                raise ConfigError(f"{where}[{i}].{attr}: duplicate {noun} {name!r}")
+            seen.add(name)
+        return items
+    return check
+
+
+def _versions(versions: tuple[VersionConfig, ...], where: str, ctx: Ctx) -> tuple[VersionConfig, ...]:
+    _unique("version", "version")(versions, where, ctx)
     if not any(v.weight > 0 for v in versions):
-        raise ConfigError(f"{where}.versions: at least one version needs weight > 0")
-    return ModelConfig(name=name, routing_key=rk.lower() if rk else None, versions=versions,
-                       keep_previous_s=_num(t, "keep_previous_s", where, 300.0, 0.0))
+        raise ConfigError(f"{where}: at least one version needs weight > 0")
+    return versions
+
+
+def _store_path(v: Any, where: str, ctx: Ctx) -> Path:
+    # `[store]` is a table of its own; Config keeps only its path.
+    return _read_table(StoreConfig, {} if v is None else v, where, ctx.base).path
+
+
+# -- the tables -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: listeners, deadlines and limits."""
+
+    TABLE: ClassVar[str] = "[server]"
+
+    http: Address | None = setting(parse_address(DEFAULT_HTTP, "server.http"),
+                                   doc='HTTP listener (OIP v2, /metrics); "" disables it')
+    msgpack: Address | None = setting(parse_address(DEFAULT_MSGPACK, "server.msgpack"),
+                                      doc='msgpack TCP listener; "" disables it')
+    request_timeout_ms: int = setting(1000, lo=1, hi=3_600_000, doc="deadline of each request")
+    max_body_bytes: int = setting(16 * 1024 * 1024, lo=1024, hi=2**31 - 1,
+                                  doc="largest HTTP body or msgpack frame accepted")
+    drain_timeout_s: float = setting(10.0, lo=0, doc="on SIGTERM, how long in-flight requests may take")
+    max_inflight_per_worker: int = setting(1024, lo=1, doc="requests outstanding on one worker before 503")
+    worker_start_timeout_s: float = setting(60.0, lo=1, doc="time a worker has to load and warm up")
+    shadow_priority: Literal["idle", "normal"] = setting("idle", doc="CPU scheduling of shadow workers")
+    shadow_flush_us: int = setting(1000, lo=0, hi=1_000_000, doc="how long shadow copies wait to go as a batch")
+    keepalive_timeout_s: float = setting(3630.0, lo=0, doc="idle HTTP connections close after this; 0: never")
+    busy_poll_us: int = setting(0, lo=0, hi=1_000_000, doc="poll sockets this long after a request; 0: never")
+
+
+@dataclass(frozen=True, slots=True)
+class VersionConfig:
+    """``[[models.versions]]``: one version of a model and its workers."""
+
+    TABLE: ClassVar[str] = "[[models.versions]]"
+
+    version: str = setting(parse=_version_name, doc="the version's name; its directory in the store")
+    weight: float = setting(1.0, lo=0, default_from=_weight_default, check=_live_or_shadow, live=True,
+                            doc="share of live traffic, relative to the other versions (0 for a shadow)")
+    shadow: float = setting(0.0, lo=0, hi=1, live=True, doc="fraction of live traffic mirrored here")
+    shadow_queue: int = setting(64, lo=1, hi=1_000_000, live=True, doc="most copies in flight to this version")
+    replicas: int = setting(1, lo=1, hi=64, doc="worker processes")
+    device: str = setting("cpu", parse=_device, doc='"cpu" or "cuda:N"')
+    cpus: tuple[int, ...] = setting((), check=_cpus, doc="CPUs the workers are pinned to; empty: all")
+    threads: int = setting(0, lo=0, hi=256, doc="torch intra-op threads; 0: len(cpus), or 1")
+    max_batch_size: int = setting(32, lo=1, hi=65536, doc="most rows in one forward")
+    max_batch_delay_us: int = setting(0, lo=0, hi=1_000_000, doc="how long a batch waits for more requests")
+    optimize: bool = setting(True, doc="freeze and optimize_for_inference at load")
+
+    @property
+    def effective_threads(self) -> int:
+        return self.threads or max(1, len(self.cpus))
+
+    def to_table(self) -> dict[str, Any]:
+        """The ``[[models.versions]]`` keys that reproduce this version: ``version``, ``weight`` and
+        every other key that differs from its default."""
+        out: dict[str, Any] = {"version": self.version, "weight": self.weight}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name not in out and value != f.default:
+                out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """``[[models]]``: one endpoint and its versions."""
+
+    TABLE: ClassVar[str] = "[[models]]"
+
+    name: str = setting(check=_no_slash, doc="the model's name in URLs and requests; its store directory")
+    routing_key: str | None = setting(check=_lower, live=True, doc="header that keeps a caller on one version")
+    versions: tuple[VersionConfig, ...] = setting(check=_versions, doc="the versions served")
+    keep_previous_s: float = setting(300.0, lo=0, live=True, doc="how long the pool before a deploy stays warm")
+
+    def version(self, v: str) -> VersionConfig | None:
+        for vc in self.versions:
+            if vc.version == v:
+                return vc
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """``[store]``; :class:`Config` keeps its ``path`` as ``store_path``."""
+
+    TABLE: ClassVar[str] = "[store]"
+
+    path: Path = setting(Path("model-store"), doc="the model store: <path>/<model>/<version>/model.pt")
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``[admin]``: the admin API."""
+
+    TABLE: ClassVar[str] = "[admin]"
+
+    token_file: Path | None = setting(None, doc="file holding the admin API's bearer token")
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole daemon configuration. Built by :func:`load_config` / :func:`parse_config`."""
+
+    server: ServerConfig = setting(doc="[server]")
+    store_path: Path = setting(key="store", parse=_store_path, doc="[store] path")
+    models: tuple[ModelConfig, ...] = setting(check=_unique("name", "model"), doc="[[models]]")
+    source: Path | None = field(default=None, compare=False)  # the file it was read from; not a key
+    admin: AdminConfig = setting(AdminConfig(), doc="[admin]")
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+
+#: Version keys a reload applies live (one table swap); every other version key needs other workers.
+TRAFFIC_KEYS = frozenset(k for k, (_, s) in settings(VersionConfig).items() if s.live)
+
+
+# -- the reader -----------------------------------------------------------------
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)  # annotations are strings (postponed evaluation)
+
+
+def _is_table(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _finite(v: float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int beyond any double (JSON from the admin API can hold one)
+        return False
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _resolve(p: Path, base: Path | None) -> Path:
+    return base / p if base is not None and not p.is_absolute() else p
+
+
+def _read_table(cls: type[T], raw: Any, where: str, base: Path | None, **internal: Any) -> T:
+    """Validate the TOML table ``raw`` into ``cls``, key by key in declaration order."""
+    keys = settings(cls)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a table")
+    unknown = sorted(set(raw) - set(keys))
+    if unknown:
+        raise ConfigError(f"{_join(where, unknown[0])}: unknown key (allowed: {', '.join(sorted(keys))})")
+    ctx = Ctx(base, {})
+    # Keys whose default depends on other keys come last (sorted() is stable).
+    for key in sorted(keys, key=lambda k: keys[k][1].default_from is not None):
+        f, s = keys[key]
+        ctx.table[f.name] = _read_key(cls, f, s, raw.get(key, MISSING), _join(where, key), ctx)
+    return cls(**ctx.table, **internal)
+
+
+def _read_key(cls: type, f: dataclasses.Field[Any], s: Setting, value: Any, where: str, ctx: Ctx) -> Any:
+    if value is MISSING:
+        if s.default_from is not None:
+            return s.default_from(ctx.table)
+        if f.default is not MISSING:
+            return _resolve(f.default, ctx.base) if isinstance(f.default, Path) else f.default
+        value = None  # no default: an optional key stays None, a required one fails in its reader
+    value = s.parse(value, where, ctx) if s.parse else _read(_hints(cls)[f.name], value, where, s, ctx.base)
+    return s.check(value, where, ctx) if s.check else value
+
+
+def _read(tp: Any, v: Any, where: str, s: Setting, base: Path | None) -> Any:
+    """Read ``v`` as the field type ``tp``, within ``s``'s bounds."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):  # X | None
+        return None if v is None else _read(next(a for a in args if a is not type(None)), v, where, s, base)
+    if origin is Literal:
+        if v not in args:
+            raise ConfigError(f"{where}: must be one of {', '.join(map(repr, args))}, got {v!r}")
+        return v
+    if origin is tuple:  # tuple[X, ...]: a TOML array
+        elem: Any = args[0]
+        if _is_table(elem):
+            if not isinstance(v, list) or not v:
+                raise ConfigError(f"{where}: must be a non-empty array of tables ({elem.TABLE})")
+            return tuple(_read_table(elem, t, f"{where}[{i}]", base) for i, t in enumerate(v))
+        if not isinstance(v, list):
+            raise ConfigError(f"{where}: must be an array, got {v!r}")
+        return tuple(_read(elem, x, where, s, base) for x in v)
+    if tp is bool:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{where}: must be true or false, got {v!r}")
+        return v
+    if tp is int or tp is float:
+        if isinstance(v, bool) or not isinstance(v, int if tp is int else int | float):
+            raise ConfigError(f"{where}: must be {'an integer' if tp is int else 'a number'}, got {v!r}")
+        if tp is float and not _finite(v):
+            raise ConfigError(f"{where}: must be a finite number, got {v!r}")
+        if s.lo is not None and v < s.lo:
+            raise ConfigError(f"{where}: must be >= {tp(s.lo)}, got {v}")
+        if s.hi is not None and v > s.hi:
+            raise ConfigError(f"{where}: must be <= {tp(s.hi)}, got {v}")
+        return tp(v)
+    if tp is str or tp is Path:
+        if not isinstance(v, str) or not v:
+            raise ConfigError(f"{where}: must be a non-empty string, got {v!r}")
+        return v if tp is str else _resolve(Path(v), base)
+    if tp is Address:
+        return parse_address(v, where)
+    if _is_table(tp):
+        return _read_table(tp, {} if v is None else v, where, base)
+    raise TypeError(f"{where}: no reader for fields of type {tp!r}")  # a new field type needs a branch here
+
+
+# -- public entry points ----------------------------------------------------------
+
+
+def parse_version(raw: Any, where: str) -> VersionConfig:
+    """Validate one ``[[models.versions]]`` table; errors start with ``where``.
+
+    Raises:
+        ConfigError: naming the key path and the reason.
+    """
+    return _read_table(VersionConfig, raw, where, None)
 
 
 def parse_model(raw: Any, where: str) -> ModelConfig:
@@ -272,52 +412,33 @@ def parse_model(raw: Any, where: str) -> ModelConfig:
     Raises:
         ConfigError: naming the key path and the reason.
     """
-    return _model(raw, where)
+    return _read_table(ModelConfig, raw, where, None)
+
+
+def parse_value(cls: type, key: str, value: Any, where: str) -> Any:
+    """Validate one key's value as the loader does (type, bounds, choices, its own rule), e.g.
+    ``parse_value(VersionConfig, "weight", 80, "weights.2") == 80.0``; errors start with ``where``.
+
+    Rules that span keys of a table (a shadow has weight 0) or tables (at least one live
+    version) are not checked: validate the whole table for those.
+
+    Raises:
+        ConfigError: naming ``where`` and the reason.
+        KeyError: ``key`` is not a key of ``cls``.
+    """
+    f, s = settings(cls)[key]
+    return _read_key(cls, f, s, value, where, Ctx(None, {}))
 
 
 def parse_config(raw: dict[str, Any], source: Path | None = None) -> Config:
     """Validate a decoded TOML document.
 
-    Relative ``store.path`` is resolved against the config file's directory.
+    Relative paths (``store.path``, ``admin.token_file``) are resolved against the config file's directory.
 
     Raises:
         ConfigError: naming the key path and the reason.
     """
-    top = _table(raw, "", {"server", "store", "models", "admin"})
-    s = _table(top.get("server", {}), "server", _SERVER_KEYS)
-    server = ServerConfig(
-        http=parse_address(s.get("http", DEFAULT_HTTP), "server.http"),
-        msgpack=parse_address(s.get("msgpack", DEFAULT_MSGPACK), "server.msgpack"),
-        request_timeout_ms=_int(s, "request_timeout_ms", "server", 1000, 1, 3_600_000),
-        max_body_bytes=_int(s, "max_body_bytes", "server", 16 * 1024 * 1024, 1024, 2**31 - 1),
-        drain_timeout_s=_num(s, "drain_timeout_s", "server", 10.0, 0.0),
-        max_inflight_per_worker=_int(s, "max_inflight_per_worker", "server", 1024, 1),
-        worker_start_timeout_s=_num(s, "worker_start_timeout_s", "server", 60.0, 1.0),
-        shadow_priority=_choice(s, "shadow_priority", "server", "idle", ("idle", "normal")),
-        shadow_flush_us=_int(s, "shadow_flush_us", "server", 1000, 0, 1_000_000),
-        keepalive_timeout_s=_num(s, "keepalive_timeout_s", "server", 3630.0, 0.0),
-        busy_poll_us=_int(s, "busy_poll_us", "server", 0, 0, 1_000_000),
-    )
-    st = _table(top.get("store", {}), "store", {"path"})
-    store = Path(_str(st, "path", "store", "model-store"))
-    if not store.is_absolute() and source is not None:
-        store = source.parent / store
-    mraw = top.get("models")
-    if not isinstance(mraw, list) or not mraw:
-        raise ConfigError("models: must be a non-empty array of tables ([[models]])")
-    models = tuple(_model(m, f"models[{i}]") for i, m in enumerate(mraw))
-    names: set[str] = set()
-    for i, m in enumerate(models):
-        if m.name in names:
-            raise ConfigError(f"models[{i}].name: duplicate model {m.name!r}")
-        names.add(m.name)
-    ad = _table(top.get("admin", {}), "admin", {"token_file"})
-    token_file = None
-    if "token_file" in ad:
-        token_file = Path(_str(ad, "token_file", "admin"))
-        if not token_file.is_absolute() and source is not None:
-            token_file = source.parent / token_file
-    return Config(server=server, store_path=store, models=models, source=source, admin=AdminConfig(token_file))
+    return _read_table(Config, raw, "", source.parent if source is not None else None, source=source)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

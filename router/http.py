@@ -26,12 +26,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
 from .httpparse import parse_head
-from .proto.errors import BadRequest, HttpHeadError, InferenceError, WorkerUnavailable
-from .proto.link import FMT_JSON, FMT_MSGPACK
+from .lifecycle import Exchange
+from .proto.errors import BadRequest, HttpHeadError
+from .proto.link import FMT_MSGPACK
 
 if TYPE_CHECKING:
-    from .pool import ModelRoute
-    from .server import Server
+    from prometheus_client import CollectorRegistry
+
+    from .lifecycle import Lifecycle
+    from .state import ServerState
 
 log = logging.getLogger("router.http")
 
@@ -113,16 +116,20 @@ class HttpProtocol(asyncio.Protocol):
     """One client connection.
 
     Args:
-        server: the daemon.
+        lifecycle: what every inference request does once parsed.
+        answers: health and metadata answers.
+        registry: the metrics served at ``/metrics``.
+        max_body: largest body accepted (``server.max_body_bytes``).
         fallback: makes the aiohttp protocol a connection is handed to.
     """
 
-    def __init__(self, server: Server, fallback: Callable[[], asyncio.Protocol]) -> None:
-        self.server = server
-        self.pools = server.pools
-        self.metrics = server.metrics
-        self.counts = server.metrics.in_flight
-        self.max_body = server.config.server.max_body_bytes
+    def __init__(self, lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegistry, max_body: int,
+                 fallback: Callable[[], asyncio.Protocol]) -> None:
+        self.lifecycle = lifecycle
+        self.state: ServerState = lifecycle.state
+        self.answers = answers
+        self.registry = registry
+        self.max_body = max_body
         self.fallback = fallback
         self.transport: asyncio.Transport | None = None
         self._buf: bytes | bytearray = b""
@@ -136,16 +143,6 @@ class HttpProtocol(asyncio.Protocol):
         self._processing = False
         self._close = False
         self._minor = 1
-        self._model = ""
-        self._answered = ""
-        self._route: ModelRoute | None = None
-        self._key: str | None = None
-        self._kind = FMT_JSON
-        self._hlen = 0
-        self._body = b""
-        self._t0 = 0.0
-        self._ckey = ("", "http")
-        self._on_reply = self._reply  # bound once, not per request
         #: When the connection last received bytes or answered (monotonic): the idle sweep reads it.
         self.last_seen = 0.0
 
@@ -154,12 +151,12 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.last_seen = monotonic()
-        self.server.connections.add(self)
+        self.state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self._buf = b""
-        self.server.connections.discard(self)
+        self.state.connections.discard(self)
 
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests.
@@ -267,62 +264,33 @@ class HttpProtocol(asyncio.Protocol):
 
     def _infer(self, model: str, version: str | None, headers: dict[str, str], body: bytes) -> None:
         t0 = monotonic()
-        route = self.pools.models.get(model)
-        if route is None:
-            self._write(404, oip.error_body(f"unknown model {model!r}"))
-            return
-        try:
-            kind, hlen = oip.body_format(headers.get("inference-header-content-length"),
-                                         headers.get("content-type", ""), len(body))
-        except BadRequest as exc:
-            self._fail(model, version, t0, 400, exc.message)
-            return
-        rk = route.routing_key
-        key = headers.get(rk.lower()) if rk is not None else None
-        ckey = (model, "http")
-        counts = self.counts
-        counts[ckey] += 1
+        ex = Exchange(self.lifecycle, self, "http")
         self._busy = True
-        self._model, self._route, self._key, self._kind, self._hlen, self._body = model, route, key, kind, hlen, body
-        self._t0, self._ckey, self._answered = t0, ckey, version or ""
         try:
-            if self.server.draining:
-                raise WorkerUnavailable("server is shutting down")
-            self._answered = self.pools.submit(route, version, key, kind, hlen, body, self._on_reply, t0)
-        except InferenceError as exc:
-            counts[ckey] -= 1
-            self._busy = False
-            self._fail(model, version if version in route.versions else None, t0, exc.status, exc.message)
+            fmt, hlen = oip.body_format(headers.get("inference-header-content-length"),
+                                        headers.get("content-type", ""), len(body))
+        except BadRequest as exc:
+            self.lifecycle.refuse(ex, model, version, exc, t0)
+            return
+        self.lifecycle.submit(ex, model, version, None, fmt, hlen, body, t0, headers)
 
-    def _fail(self, model: str, version: str | None, t0: float, status: int, message: str) -> None:
-        """A request refused before it reached a worker."""
-        self._write(status, oip.error_body(message))
-        self.metrics.observe(model, version or "", "http", status, monotonic() - t0)
-
-    def _reply(self, status: int, hlen: int, payload: bytes) -> None:
-        """The worker's answer (or a 503/504 in its place): exactly once per submitted request."""
-        self.counts[self._ckey] -= 1
+    def reply(self, ex: Exchange, status: int, hlen: int, payload: bytes) -> None:
+        """Write the answer to the request in flight (:class:`router.lifecycle.Front`)."""
         self._busy = False
         t = self.transport
         if status == 200:
             if t is not None:
                 if hlen:
                     ctype = b"application/octet-stream\r\nInference-Header-Content-Length: %d" % hlen
-                elif self._kind == FMT_MSGPACK:
+                elif ex.fmt == FMT_MSGPACK:
                     ctype = b"application/msgpack"
                 else:
                     ctype = b"application/json"
                 self._send(200, ctype, payload)
         else:
             self._write(status, oip.error_body(payload.decode(errors="replace")))
-        now = self.last_seen = monotonic()
-        self.metrics.observe(self._model, self._answered, "http", status, now - self._t0)
-        route = self._route
-        if status == 200 and route is not None and route.mirror is not None:
-            # The copy leaves only once the caller has its reply.
-            route.mirror_copy(self._answered, self._key, "http", self._kind, self._hlen, self._body, hlen, payload)
-        self._route = None
-        self._body = b""
+        self.last_seen = monotonic()
+        self.lifecycle.written(ex, status, hlen, payload)
         if self._buf and t is not None and not self._processing:
             self._process()
         elif self._paused and not self._writing_paused and t is not None:
@@ -330,19 +298,19 @@ class HttpProtocol(asyncio.Protocol):
             self._paused = False
 
     def _answer(self, kind: int, model: str, version: str | None) -> None:
-        server = self.server
+        answers = self.answers
         if kind == _READY:
-            status, body = oip.ready(server)
+            status, body = answers.ready()
         elif kind == _LIVE:
-            status, body = oip.live(server)
+            status, body = answers.live()
         elif kind == _MODEL_META:
-            status, body = oip.model_metadata(server, model, version)
+            status, body = answers.model_metadata(model, version)
         elif kind == _MODEL_READY:
-            status, body = oip.model_ready(server, model, version)
+            status, body = answers.model_ready(model, version)
         elif kind == _SERVER_META:
-            status, body = oip.server_metadata(server)
+            status, body = answers.server_metadata()
         else:
-            self._send(200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.metrics.registry))
+            self._send(200, CONTENT_TYPE_LATEST.encode(), generate_latest(self.registry))
             return
         self._write(status, body)
 
@@ -356,7 +324,7 @@ class HttpProtocol(asyncio.Protocol):
         t = self.transport
         if t is None:
             return
-        close = self._close or self.server.draining
+        close = self._close or self.state.draining
         announce_close = announce_close or close
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode())]
         if ctype:
@@ -407,7 +375,7 @@ class HttpProtocol(asyncio.Protocol):
         self._buf = b""
         self._head = None
         self.transport = None
-        self.server.connections.discard(self)
+        self.state.connections.discard(self)
         proto: Any = self.fallback()
         t.set_protocol(proto)
         proto.connection_made(t)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -91,9 +91,20 @@ class Metrics:
         #: Histogram and Counter took 3.4 us per compared output).
         self.divergence_series: dict[tuple[str, str, str], list] = {}
         r.register(_Shadow(self.shadow_results, self.divergence_series))
-        #: (model, version) -> object with ``outstanding``: shadow copies sent and not yet answered.
-        self.shadow_queues: dict[tuple[str, str], Any] = {}
-        r.register(_ShadowQueues(self.shadow_queues))
+        #: Yields the shadow targets to report (``model``, ``version``, ``outstanding``): those of
+        #: the active pools only, so a failed deploy or a rollback leaves no stale series.
+        self.shadow_queues: Callable[[], Iterable[Any]] = tuple
+        r.register(_ShadowQueues(self))
+
+    def register_model(self, model: str) -> None:
+        """Create the model's in-flight gauges and the label set of requests naming what it does not have.
+
+        A request for an unknown version is recorded as version ``""``: made here, when
+        the model registers, so no request, whatever it names, ever adds a series.
+        """
+        for protocol in ("http", "msgpack"):
+            self.request_series.setdefault((model, "", "live", protocol, 404), _new_row())
+            self.in_flight[(model, protocol)] += 0
 
     def observe(self, model: str, version: str, protocol: str, status: int, seconds: float,
                 route: str = "live") -> None:
@@ -101,7 +112,7 @@ class Metrics:
         key = (model, version, route, protocol, status)
         row = self.request_series.get(key)
         if row is None:
-            row = self.request_series[key] = [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+            row = self.request_series[key] = _new_row()
         row[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         row[-1] += seconds
 
@@ -129,16 +140,19 @@ class Metrics:
             row[3] += rows - agree
 
 
+def _new_row() -> list:
+    return [0] * (len(LATENCY_BUCKETS) + 1) + [0.0]
+
+
 class _ShadowQueues(Collector):
-    def __init__(self, queues: dict[tuple[str, str], Any]) -> None:
-        self._queues = queues
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("router_shadow_queue", "Shadow copies sent and not yet answered (bounded by "
                               "shadow_queue; beyond it copies are dropped).", labels=["model", "version"])
-        for (model, version), target in sorted(self._queues.items()):
-            if target.pool.vc.shadow > 0 or target.outstanding:
-                g.add_metric([model, version], target.outstanding)
+        for t in sorted(self._metrics.shadow_queues(), key=lambda t: (t.model, t.version)):
+            g.add_metric([t.model, t.version], t.outstanding)
         yield g
 
 

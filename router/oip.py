@@ -1,6 +1,6 @@
 """The Open Inference Protocol's non-inference answers, for both HTTP fronts.
 
-Each function returns ``(status, body)`` with a JSON body (empty for a bare
+:class:`Answers` returns ``(status, body)`` with a JSON body (empty for a bare
 200), so the hot-path front (:mod:`router.http`) and the aiohttp application
 (:mod:`router.app`) answer health and metadata requests byte for byte alike.
 """
@@ -15,8 +15,8 @@ from .proto.errors import BadRequest, NotFound
 from .proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 
 if TYPE_CHECKING:
-    from .pool import ModelRoute, VersionPool
-    from .server import Server
+    from .routing import Pool, ReplicaSet, Routing
+    from .state import ServerState
 
 _SERVER_METADATA = json.dumps({"name": "model-router", "version": __version__,
                                "extensions": ["binary_tensor_data", "msgpack"]}).encode()
@@ -52,62 +52,69 @@ def error_body(message: str) -> bytes:
     return json.dumps({"error": message}).encode()
 
 
-def live(server: Server) -> tuple[int, bytes]:
-    return 200, b""
+class Answers:
+    """Health and metadata answers, read from the server's state and the active pools.
 
+    Each method returns ``(status, body)``: a JSON body, or ``b""`` for a bare 200.
+    """
 
-def ready(server: Server) -> tuple[int, bytes]:
-    if server.draining:
-        return 503, error_body("server is shutting down")
-    if not server.started or not server.pools.ready:
-        return 503, error_body("not every worker is live yet")
-    return 200, b""
+    def __init__(self, state: ServerState, routing: Routing) -> None:
+        self.state = state
+        self.routing = routing
 
+    def live(self) -> tuple[int, bytes]:
+        return 200, b""
 
-def server_metadata(server: Server) -> tuple[int, bytes]:
-    return 200, _SERVER_METADATA
+    def ready(self) -> tuple[int, bytes]:
+        if self.state.draining:
+            return 503, error_body("server is shutting down")
+        if not self.state.started or not self.routing.ready:
+            return 503, error_body("not every worker is live yet")
+        return 200, b""
 
+    def server_metadata(self) -> tuple[int, bytes]:
+        return 200, _SERVER_METADATA
 
-def _route(server: Server, model: str, version: str | None) -> tuple[ModelRoute, VersionPool | None]:
-    route = server.pools.route(model)
-    if version is None:
-        return route, None
-    pool = route.versions.get(version)
-    if pool is None:
-        raise NotFound(f"unknown version {version!r} of model {model!r}")
-    return route, pool
+    def _lookup(self, model: str, version: str | None) -> tuple[Pool, ReplicaSet | None]:
+        pool = self.routing.active.get(model)
+        if pool is None:
+            raise NotFound(f"unknown model {model!r}")
+        if version is None:
+            return pool, None
+        replicas = pool.versions.get(version)
+        if replicas is None:
+            raise NotFound(f"unknown version {version!r} of model {model!r}")
+        return pool, replicas
 
+    def model_metadata(self, model: str, version: str | None) -> tuple[int, bytes]:
+        try:
+            pool, replicas = self._lookup(model, version)
+        except NotFound as exc:
+            return 404, error_body(str(exc))
+        if replicas is None:
+            # The heaviest-weighted version speaks for the model: it answers most callers.
+            replicas = max(pool.versions.values(), key=lambda s: s.vc.weight)
+            versions = [v for v, s in pool.versions.items() if s.vc.weight > 0]
+        else:
+            versions = [replicas.version]
+        meta = replicas.meta
+        body: dict[str, Any] = {
+            "name": pool.name,
+            "versions": versions,
+            "platform": meta.platform,
+            "inputs": [t.to_json() for t in meta.inputs],
+            "outputs": [t.to_json() for t in meta.outputs],
+        }
+        return 200, json.dumps(body).encode()
 
-def model_metadata(server: Server, model: str, version: str | None) -> tuple[int, bytes]:
-    try:
-        route, pool = _route(server, model, version)
-    except NotFound as exc:
-        return 404, error_body(str(exc))
-    if pool is None:
-        # The heaviest-weighted version speaks for the model: it answers most callers.
-        pool = max(route.versions.values(), key=lambda p: p.vc.weight)
-        versions = [v for v, p in route.versions.items() if p.vc.weight > 0]
-    else:
-        versions = [pool.version]
-    meta = pool.meta
-    body: dict[str, Any] = {
-        "name": route.name,
-        "versions": versions,
-        "platform": meta.platform,
-        "inputs": [t.to_json() for t in meta.inputs],
-        "outputs": [t.to_json() for t in meta.outputs],
-    }
-    return 200, json.dumps(body).encode()
-
-
-def model_ready(server: Server, model: str, version: str | None) -> tuple[int, bytes]:
-    try:
-        route, pool = _route(server, model, version)
-    except NotFound as exc:
-        return 404, error_body(str(exc))
-    ok = bool(pool.live) if pool is not None else len(route.table) > 0
-    if not ok:
-        return 503, error_body("model has no live worker")
-    if server.draining:
-        return 503, error_body("server is shutting down")
-    return 200, b""
+    def model_ready(self, model: str, version: str | None) -> tuple[int, bytes]:
+        try:
+            pool, replicas = self._lookup(model, version)
+        except NotFound as exc:
+            return 404, error_body(str(exc))
+        ok = bool(replicas.live) if replicas is not None else len(pool.table) > 0
+        if not ok:
+            return 503, error_body("model has no live worker")
+        if self.state.draining:
+            return 503, error_body("server is shutting down")
+        return 200, b""

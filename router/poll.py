@@ -24,7 +24,7 @@ import time
 class BusyPoll:
     """The polling state of one router.
 
-    :meth:`Pools.submit <router.pool.Pools.submit>` bumps :attr:`count` for each
+    :meth:`Routing.dispatch <router.routing.Routing.dispatch>` bumps :attr:`count` for each
     request and calls :meth:`start` when :attr:`idle`; the poll stops by itself
     ``window`` seconds after the last request.
 

@@ -1,4 +1,6 @@
-"""Reloading ``config.toml`` in a running daemon: what changed, and whether it can be applied live.
+"""Planning a reload of ``config.toml``: what changed, and whether it can be applied live.
+
+:meth:`ControlPlane.reload <router.control.ControlPlane.reload>` carries the plan out.
 
 A reload re-reads the file, validates it exactly as at start-up, and compares it
 with the running configuration. Changes of traffic (weights, shadow fractions,
@@ -17,12 +19,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import Config, ModelConfig, VersionConfig, load_config
+from .config import TRAFFIC_KEYS, Config, ModelConfig, VersionConfig, load_config
 from .proto.errors import ConfigError
 from .proto.meta import read_meta
-
-#: Version keys a reload applies live; every other key needs other workers.
-TRAFFIC_KEYS = frozenset({"weight", "shadow", "shadow_queue"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,11 @@ sent at once (queue full, no live worker, draining) is dropped and counted.
 Each shadow version's queue is the number of its copies sent and not yet
 answered, bounded by ``shadow_queue``: a slow shadow fills it and the excess
 is dropped, never waited for.
+
+Copies for one worker are held for ``server.shadow_flush_us`` (or until 32
+wait) and written together (:class:`CopyBatch`): one write and one wake-up of
+the shadow, and one answer back, for several copies instead of each, which is
+most of what a copy costs the router.
 """
 
 from __future__ import annotations
@@ -23,11 +28,12 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from .metrics import SHADOW_DROPPED, SHADOW_ERROR, SHADOW_OK, SHADOW_TIMEOUT
-from .supervisor import CopyCall
+from .proto import link as frames
+from .worker_link import Call, WorkerLink
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .pool import VersionPool
+    from .routing import ReplicaSet
 
 log = logging.getLogger("router.shadow")
 
@@ -35,6 +41,77 @@ _LOG_EVERY_S = 10.0  # one log line per shadow version per this many seconds of 
 # Results recorded per loop turn: a shadow answers a whole batch at once, and
 # recording 32 results in one go would hold up the live requests behind them.
 _RECORD_CHUNK = 8
+#: Most copies held for one write.
+_COPIES_PER_WRITE = 32
+
+
+class Copy(Call):
+    """A shadow copy in flight: ``sent`` becomes the time it was actually written."""
+
+    __slots__ = ("target", "protocol", "sent")
+
+    def __init__(self, target: ShadowTarget, protocol: str, deadline: float, now: float) -> None:
+        super().__init__(deadline)
+        self.target = target
+        self.protocol = protocol
+        self.sent = now
+
+    def done(self, status: int, header_len: int, payload: bytes) -> None:
+        self.target.answered(self, status, payload)
+
+
+class CopyBatch:
+    """The copies held for one worker link's next write.
+
+    Args:
+        link: the shadow worker's link; its ``pending`` holds each copy's call.
+        delay: longest a copy is held to be written with others (seconds).
+    """
+
+    __slots__ = ("link", "delay", "_out", "_copies", "_timer")
+
+    def __init__(self, link: WorkerLink, delay: float) -> None:
+        self.link = link
+        self.delay = delay
+        self._out: list[bytes] = []
+        self._copies: list[Copy] = []
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes, copy: Copy) -> None:
+        """Hold one copy: the caller's body and the live reply, as they are (see :mod:`router.proto.link`)."""
+        rid = self.link.register(copy)
+        out = self._out
+        out.append(frames.pack_shadow_head(rid, fmt, header_len, len(body), reply_header_len, len(reply)))
+        out.append(body)
+        out.append(reply)
+        self._copies.append(copy)
+        if len(self._copies) >= _COPIES_PER_WRITE:
+            self.write()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay, self.write)
+
+    def write(self) -> None:
+        """Write the copies held so far; each copy's latency counts from here."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        out, self._out = self._out, []
+        copies, self._copies = self._copies, []
+        t = self.link.transport
+        if t is None or not out:
+            return
+        t.writelines(out)
+        now = monotonic()
+        for c in copies:
+            c.sent = now
+
+    def drop(self) -> None:
+        """The link is lost: forget what is held (its calls are failed with the link's pending ones)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._out.clear()
+        self._copies.clear()
 
 
 class ShadowTarget:
@@ -42,54 +119,58 @@ class ShadowTarget:
 
     Args:
         model: model name.
-        pool: the version's replicas (its ``vc`` gives the queue bound, updated live).
+        replicas: the version's replicas (their ``vc`` gives the queue bound, updated live).
         timeout: seconds a copy may take before it counts as ``timeout``.
         max_inflight: the most requests, live and copies, one worker link may hold.
         metrics: where results, latency, agreement and divergence go.
+        flush_s: longest a copy is held to be written with others.
     """
 
-    __slots__ = ("model", "pool", "version", "timeout", "max_inflight", "metrics", "outstanding", "last_error",
-                 "_logged_at", "_counts", "_results", "_recording")
+    __slots__ = ("model", "replicas", "version", "timeout", "max_inflight", "metrics", "flush_s", "outstanding",
+                 "last_error", "_logged_at", "_counts", "_results", "_recording")
 
-    def __init__(self, model: str, pool: VersionPool, timeout: float, max_inflight: int, metrics: Metrics) -> None:
+    def __init__(self, model: str, replicas: ReplicaSet, timeout: float, max_inflight: int, metrics: Metrics,
+                 flush_s: float = 0.001) -> None:
         self.model = model
-        self.pool = pool
-        self.version = pool.version
+        self.replicas = replicas
+        self.version = replicas.version
         self.timeout = timeout
         self.max_inflight = max_inflight
         self.metrics = metrics
+        self.flush_s = flush_s
         self.outstanding = 0
         self.last_error = ""
         self._logged_at = 0.0
-        self._counts = metrics.shadow_counts(model, pool.version)
+        self._counts = metrics.shadow_counts(model, replicas.version)
         self._results: list[tuple[str, int, bytes, float]] = []
         self._recording = False
-        metrics.shadow_queues[(model, pool.version)] = self
 
     def offer(self, protocol: str, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
               now: float) -> bool:
         """Send one copy now, or drop it; never waits. Returns whether it was sent."""
-        if self.outstanding >= self.pool.vc.shadow_queue:
+        if self.outstanding >= self.replicas.vc.shadow_queue:
             self._counts[SHADOW_DROPPED] += 1
             return False
-        replica = self.pool.pick()
+        replica = self.replicas.pick()
         link = replica.link if replica is not None else None
         if link is None or link.transport is None or len(link.pending) >= self.max_inflight:
             self._counts[SHADOW_DROPPED] += 1
             return False
         self.outstanding += 1
-
-        def done(status: int, _hlen: int, payload: bytes) -> None:
-            self.outstanding -= 1
-            # Shadow latency counts from the write, not from the hold before it.
-            self._results.append((protocol, status, payload, monotonic() - call.sent))
-            if not self._recording:
-                self._recording = True
-                asyncio.get_running_loop().call_soon(self._record)
-
-        call = CopyCall(done, now + self.timeout, now)
-        link.send_shadow(fmt, header_len, body, reply_header_len, reply, call)
+        batch = link.copies
+        if batch is None:
+            batch = link.copies = CopyBatch(link, self.flush_s)
+        batch.add(fmt, header_len, body, reply_header_len, reply, Copy(self, protocol, now + self.timeout, now))
         return True
+
+    def answered(self, copy: Copy, status: int, payload: bytes) -> None:
+        """A copy's outcome: recorded a few per loop turn (see ``_RECORD_CHUNK``)."""
+        self.outstanding -= 1
+        # Shadow latency counts from the write, not from the hold before it.
+        self._results.append((copy.protocol, status, payload, monotonic() - copy.sent))
+        if not self._recording:
+            self._recording = True
+            asyncio.get_running_loop().call_soon(self._record)
 
     def _record(self) -> None:
         results = self._results

@@ -15,13 +15,13 @@ from typing import TYPE_CHECKING
 import msgpack
 
 from .cork import Holding
-from .proto.errors import FrameError, InferenceError, WorkerUnavailable
+from .lifecycle import Exchange
+from .proto.errors import FrameError
 from .proto.framing import FrameScanner, pack_header, parse_request
 from .proto.link import FMT_MSGPACK
 
 if TYPE_CHECKING:
-    from .pool import ModelRoute
-    from .server import Server
+    from .lifecycle import Lifecycle
 
 log = logging.getLogger("router.wire")
 
@@ -49,28 +49,32 @@ def reply_frame(rid: int | None, status: int, version: str | None, result: bytes
 
 
 class WireProtocol(asyncio.Protocol, Holding):
-    """One client connection."""
+    """One client connection.
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.pools = server.pools
-        self.metrics = server.metrics
-        self.loop = asyncio.get_running_loop()
-        self.scanner = FrameScanner(server.config.server.max_body_bytes)
+    Args:
+        lifecycle: what every request does once parsed.
+        max_body: largest frame accepted (``server.max_body_bytes``).
+    """
+
+    def __init__(self, lifecycle: Lifecycle, max_body: int) -> None:
+        self.lifecycle = lifecycle
+        self.state = lifecycle.state
+        self.scanner = FrameScanner(max_body)
         self.transport: asyncio.Transport | None = None
+        #: Requests received on this connection and not yet answered.
         self.in_flight = 0
         self._paused = False
-        self.cork = self.pools.cork
+        self.cork = lifecycle.routing.cork
         self._held: list[bytes] = []
         self._last: bytes | None = None  # the error reply a malformed frame gets, once in-flight ones are answered
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.server.connections.add(self)
+        self.state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
-        self.server.connections.discard(self)
+        self.state.connections.discard(self)
 
     def pause_writing(self) -> None:
         # The client reads slower than it sends: stop reading its requests.
@@ -94,13 +98,29 @@ class WireProtocol(asyncio.Protocol, Holding):
         self.cork.run(self._requests, frames)  # many requests in one read: one write to each worker
 
     def _requests(self, frames: list[bytes]) -> None:
+        lifecycle = self.lifecycle
         for body in frames:
+            t0 = monotonic()
             try:
                 rid, model, version, key, offset = parse_request(body)
             except FrameError as exc:
                 self._fatal(exc)
                 return
-            self._dispatch(rid, model, version, key, body[offset:])
+            self.in_flight += 1
+            lifecycle.submit(Exchange(lifecycle, self, "msgpack", rid), model, version, key, FMT_MSGPACK, 0,
+                             body[offset:], t0)
+
+    def reply(self, ex: Exchange, status: int, _hlen: int, payload: bytes) -> None:
+        """Write one reply frame (:class:`router.lifecycle.Front`); out of order is fine, ids match them."""
+        self.in_flight -= 1
+        if self.transport is not None:
+            # The version that answered; nil when none did (refused before reaching a worker).
+            version = (ex.answered or None) if ex.counted is not None else None
+            self._write(reply_frame(ex.tag, status, version,
+                                    payload if status == 200 else payload.decode(errors="replace")))
+            if self._last is not None and not self.in_flight:
+                self._close_with_last()
+        self.lifecycle.written(ex, status, 0, payload)
 
     def _write(self, frame: bytes) -> None:
         t = self.transport
@@ -134,41 +154,3 @@ class WireProtocol(asyncio.Protocol, Holding):
             self.flush_held()
         t.write(self._last)
         t.close()
-
-    def _dispatch(self, rid: int, model: str, version: str | None, key: str | bytes | None,
-                  payload: bytes) -> None:
-        t0 = monotonic()
-        counts = self.metrics.in_flight
-        ckey = (model, "msgpack")
-        route: ModelRoute | None = None
-
-        def done(status: int, _hlen: int, result: bytes) -> None:
-            counts[ckey] -= 1
-            self.in_flight -= 1
-            if self.transport is not None:
-                self._write(reply_frame(rid, status, answered, result if status == 200
-                                        else result.decode(errors="replace")))
-                if self._last is not None and not self.in_flight:
-                    self._close_with_last()
-            self.metrics.observe(model, answered or "", "msgpack", status, monotonic() - t0)
-            r = route  # set before submit, so before any answer
-            if status == 200 and r is not None and r.mirror is not None:  # after the reply is written
-                r.mirror_copy(answered, key, "msgpack", FMT_MSGPACK, 0, payload, 0, result)
-
-        try:
-            if self.server.draining:
-                raise WorkerUnavailable("server is shutting down")
-            answered: str | None = version
-            route = self.pools.route(model)
-            counts[ckey] += 1
-            self.in_flight += 1
-            try:
-                answered = self.pools.submit(route, version, key, FMT_MSGPACK, 0, payload, done, t0)
-            except BaseException:
-                counts[ckey] -= 1
-                self.in_flight -= 1
-                raise
-        except InferenceError as exc:
-            self._write(reply_frame(rid, exc.status, None, exc.message))
-            if model in self.pools.models:  # unknown names must not mint label sets
-                self.metrics.observe(model, version or "", "msgpack", exc.status, monotonic() - t0)

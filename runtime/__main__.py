@@ -1,4 +1,4 @@
-"""``python -m runtime``: a worker process, started by the router's supervisor."""
+"""``python -m runtime``: a worker process, started and supervised by the router (router/replica.py)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 from collections.abc import Sequence
@@ -13,9 +14,34 @@ import torch
 
 from router.proto.meta import ModelMeta
 
-from . import ops  # noqa: F401  (registers torch.ops.router.* before any model is loaded)
-
 log = logging.getLogger("runtime.model")
+
+#: Comma-separated modules a worker imports before it loads a model.
+PRELOAD_ENV = "ROUTER_WORKER_PRELOAD"
+
+
+def preload(names: str | None = None) -> list[str]:
+    """Import the modules named in ``names``, comma-separated (default: ``$ROUTER_WORKER_PRELOAD``).
+
+    A model that calls custom operators (``torch.ops.<namespace>.<op>``) loads only
+    once the module registering them is imported; the worker imports nothing of
+    the kind itself, so such a model's operators come in this way.
+
+    Returns:
+        The module names imported, in order.
+
+    Raises:
+        ImportError: a module cannot be imported; the message names the variable.
+    """
+    if names is None:
+        names = os.environ.get(PRELOAD_ENV, "")
+    modules = [n.strip() for n in names.split(",") if n.strip()]
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"{PRELOAD_ENV}: cannot import {name!r}: {exc}") from exc
+    return modules
 
 
 def pin(cpus: Sequence[int], threads: int) -> None:
@@ -36,6 +62,8 @@ def pin(cpus: Sequence[int], threads: int) -> None:
 class Model:
     """A loaded TorchScript module plus its declared signature.
 
+    The modules named in ``ROUTER_WORKER_PRELOAD`` are imported first (:func:`preload`).
+
     Args:
         path: the ``model.pt`` file.
         meta: its validated ``meta.json``.
@@ -53,6 +81,9 @@ class Model:
             if not torch.cuda.is_available():
                 raise RuntimeError(f"device {device!r} requested but CUDA is not available")
             torch.cuda.set_device(self.device)
+        preloaded = preload()
+        if preloaded:
+            log.info("preloaded %s", ", ".join(preloaded))
         module = torch.jit.load(str(path), map_location=self.device)
         module.eval()
         if optimize:

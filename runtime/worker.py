@@ -33,8 +33,7 @@ from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO
 from router.proto.meta import ModelMeta
 
 from .batcher import Batcher, Reply
-from .codecs import Request, decode_request, example_request
-from .compare import decode_reply
+from .codecs import Request, decode_reply, decode_request, example_request
 from .express import Express
 from .model import Model
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -39,6 +40,45 @@ BOTH = [m for m in (_splitter_py, _splitter_c) if m is not None]
 def impl(request: pytest.FixtureRequest):
     """Each splitter implementation in turn (``router._splitter_py``, ``router._splitter_c``)."""
     return request.param
+
+
+#: Fixtures that start ``router serve`` and its workers, or train the demo store they serve (``store``:
+#: seconds of torch, once a session). A test that uses one, directly or through another fixture,
+#: belongs to the daemon layer; one that starts a process otherwise says so with
+#: ``@pytest.mark.daemon``. ``pytest -m "not daemon"`` runs the fast, in-process layer alone.
+DAEMON_FIXTURES = frozenset({"start_daemon", "shared_daemon", "store"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        # fixturenames is the whole closure: a module's own fixture built on shared_daemon counts too.
+        if DAEMON_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.daemon)
+
+
+def _own_children() -> set[int]:
+    """Children of this process's threads, living or zombie (cheaper than a scan of /proc)."""
+    out: set[int] = set()
+    for path in Path(f"/proc/{os.getpid()}/task").glob("*/children"):
+        try:
+            out.update(int(pid) for pid in path.read_text().split())
+        except OSError:
+            pass  # a thread that ended meanwhile
+    return out
+
+
+@pytest.fixture(autouse=True)
+def in_process_only(request: pytest.FixtureRequest) -> Iterator[None]:
+    """In a run that deselects the daemon layer, a test that starts a process anyway fails and says
+    to mark it: the fast layer stays in-process. A child already reaped shows in RUSAGE_CHILDREN."""
+    if "daemon" not in (request.config.option.markexpr or "") or request.node.get_closest_marker("daemon"):
+        yield
+        return
+    live = _own_children()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield
+    if _own_children() - live or resource.getrusage(resource.RUSAGE_CHILDREN) != reaped:
+        pytest.fail(f"{request.node.nodeid} starts a process: mark it @pytest.mark.daemon", pytrace=False)
 
 
 def free_port() -> int:
@@ -87,8 +127,8 @@ def no_process_left_behind() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A model store with fraud/1, fraud/2, mlp-small/1 and mlp-wide/1."""
-    from runtime.demo import build_demo_store
+    """A model store with the demo models and the fixture versions of mlp-small (``build_demo_store(extra=True)``)."""
+    from modelkit.demo import build_demo_store
 
     path = tmp_path_factory.mktemp("store")
     build_demo_store(path, extra=True)
@@ -155,10 +195,15 @@ class RawConn:
         self.sock.close()
 
 
+#: The store's fixture models call an operator that workers import only when told to (mlp-small/slow).
+WORKER_PRELOAD = {"ROUTER_WORKER_PRELOAD": "modelkit.fixture_ops"}
+
+
 class Daemon:
-    """A running ``router serve`` subprocess."""
+    """A running ``router serve`` subprocess (its workers preload :data:`WORKER_PRELOAD` unless ``env`` says)."""
 
     def __init__(self, config: Path, http_port: int, wire_port: int, env: dict[str, str]) -> None:
+        env = {**WORKER_PRELOAD, **env}
         self.config = config
         self.http_port = http_port
         self.wire_port = wire_port

@@ -445,6 +445,7 @@ def test_health_and_metadata_async(clients: dict[str, Any], loop: asyncio.Abstra
     check_health_and_metadata(lambda name, *a: loop.run_until_complete(getattr(ahttp, name)(*a)))
 
 
+@pytest.mark.daemon
 def test_client_imports_neither_torch_nor_runtime() -> None:
     import subprocess
 

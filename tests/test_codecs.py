@@ -1,4 +1,4 @@
-"""Tests for runtime.codecs: the worker's request decoding and reply encoding."""
+"""Tests for runtime.codecs: the worker's request decoding and reply encoding (and the express path's codec)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from router.proto.errors import BadRequest, ConfigError, InternalError
 from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from router.proto.meta import DATATYPES, ModelMeta, parse_meta
-from runtime.codecs import Request, SimpleMsgpack, decode_request, encode_response, example_request
+from runtime.codecs import Request, decode_request, encode_response, example_request
+from runtime.codecs.plan import Plan, plan_of
+from runtime.codecs.requests import _decode_msgpack
+from runtime.express import SimpleMsgpack
 
 RAW_META: dict[str, Any] = {
     "name": "fraud",
@@ -887,7 +890,7 @@ def test_fuzz_mutated_valid_requests(draw: st.DataObject, fmt: int, n: int, dele
     decode_or_bad_request(fmt, payload, 0)
 
 
-# Single-input models take the one-pass msgpack path (runtime.codecs._one_input) when the
+# Single-input models take the one-pass msgpack path (runtime.codecs.requests.one_input) when the
 # request is valid and asks for every output; it must agree with the general path on everything.
 ONE_META = parse_meta({
     "name": "one", "version": "1",
@@ -937,12 +940,10 @@ def near_valid_one_requests(draw: st.DrawFn) -> dict:
 
 
 def general_path(payload: bytes, meta: ModelMeta) -> Request | str:
-    from runtime import codecs
-
-    plan = codecs._Plan(meta)
+    plan = Plan(meta)
     plan.only = None  # no one-pass path: the general decoder alone
     try:
-        return codecs._decode_msgpack(payload, plan)
+        return _decode_msgpack(payload, plan)
     except BadRequest as exc:
         return str(exc)
 
@@ -969,8 +970,6 @@ def test_fuzz_the_one_pass_msgpack_path_agrees_with_the_general_one(body: dict, 
 
 
 def test_the_one_pass_msgpack_path_takes_valid_requests() -> None:
-    from runtime import codecs
-
     x = features(3)
     simple = SimpleMsgpack(ONE_META)
     for extra in ({}, {"id": "r1"}, {"outputs": []}):
@@ -986,7 +985,7 @@ def test_the_one_pass_msgpack_path_takes_valid_requests() -> None:
     asks = msgpack.packb({"inputs": {"features": {"datatype": "FP32", "shape": [1, 8], "data": x[:1].tobytes()}},
                           "outputs": ["probabilities"]})
     assert simple.decode(asks) is None and simple.decode(b"\xc1") is None and simple.decode(b"\x91\x01") is None
-    assert codecs._plan(ODD_META).only is None and codecs._plan(META).only is None
+    assert plan_of(ODD_META).only is None and plan_of(META).only is None
     for meta in (ODD_META, META):
         with pytest.raises(ValueError, match="one input and one output"):
             SimpleMsgpack(meta)
@@ -1047,11 +1046,9 @@ def test_a_remembered_layout_decodes_later_bodies_without_msgpack(monkeypatch) -
 
 
 def count_unpackb(monkeypatch) -> list[int]:
-    from runtime import codecs
-
     calls: list[int] = []
-    real = codecs.msgpack.unpackb
-    monkeypatch.setattr(codecs.msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = msgpack.unpackb
+    monkeypatch.setattr(msgpack, "unpackb", lambda *a, **k: calls.append(1) or real(*a, **k))
     return calls
 
 
@@ -1112,7 +1109,7 @@ def test_msgpack_bins_are_aligned_for_every_served_dtype() -> None:
 def test_msgpack_reply_of_a_single_output_model_is_the_reply_map(
     rows: int, rid: str | None, dtype: str, strided: bool, meta: ModelMeta
 ) -> None:
-    """The constant-pieces encoding (runtime.codecs._Plan.reply_parts) writes what packing the map writes."""
+    """The constant-pieces encoding (runtime.codecs.plan.Plan.reply_parts) writes what packing the map writes."""
     spec = meta.outputs[0]
     width = 2 if spec.shape == (-1, 2) else None
     base = np.random.default_rng(rows).standard_normal((rows * 2, width or 1)).astype(dtype)
@@ -1120,9 +1117,7 @@ def test_msgpack_reply_of_a_single_output_model_is_the_reply_map(
     if width is None:
         out = out.reshape(-1)[:2] if rows else np.zeros(2, dtype)
     req = Request(rid, [], list(range(1)), [False], FMT_MSGPACK, rows)
-    from runtime import codecs
-
-    req.outputs = codecs._plan(meta).every_output  # what decoding gives a request for every output
+    req.outputs = plan_of(meta).every_output  # what decoding gives a request for every output
     hlen, body = encode_response(req, [out], meta)
     simple = SIMPLE[meta.name]  # shared: the second encoding of a shape uses the remembered reply head
     assert simple.encode(rid, out) == body and simple.encode(rid, out) == body

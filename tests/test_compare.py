@@ -1,4 +1,5 @@
-"""Tests for runtime.compare: decoding live replies and comparing them with a shadow's outputs."""
+"""Tests for shadow comparison: decoding live replies (runtime.codecs.decode_reply) and comparing them with a
+shadow's outputs (runtime.compare)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from hypothesis import strategies as st
 from router.proto.errors import BadRequest
 from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from router.proto.meta import ModelMeta, parse_meta
-from runtime.codecs import Request, encode_response
-from runtime.compare import Diffs, compare, decode_reply, pack_stats
+from runtime.codecs import Request, decode_reply, encode_response
+from runtime.compare import Diffs, compare, pack_stats
 
 META = parse_meta(
     {

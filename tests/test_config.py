@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
+import re
+from dataclasses import MISSING
 from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
-from router.config import load_config, parse_config
+from router.config import (
+    TRAFFIC_KEYS,
+    AdminConfig,
+    Config,
+    ModelConfig,
+    ServerConfig,
+    StoreConfig,
+    VersionConfig,
+    load_config,
+    parse_config,
+    parse_model,
+    parse_value,
+    parse_version,
+    settings,
+)
 from router.proto.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,3 +113,176 @@ def test_config_is_frozen():
     c = parse_config(base())
     with pytest.raises(AttributeError):
         c.server.request_timeout_ms = 5  # type: ignore[misc]
+
+
+# -- the dataclass fields are the one source of truth ---------------------------------------------
+
+TABLES = [ServerConfig, StoreConfig, AdminConfig, ModelConfig, VersionConfig]
+
+
+def keys(cls):
+    """(key, field, Setting, field type) of every key of a table class."""
+    hints = get_type_hints(cls)
+    return [(k, f, s, hints[f.name]) for k, (f, s) in settings(cls).items()]
+
+
+def place(cls, key, value):
+    """A valid document with ``key`` of a ``cls`` table set to ``value``, and that key's dotted path."""
+    doc: dict[str, Any] = base()
+    if cls is VersionConfig:
+        # A second version without weight: bounds of weight and shadow are reached without other rules firing.
+        doc["models"][0]["versions"].append({"version": "b", "weight": 0, key: value})
+        return doc, f"models[0].versions[1].{key}"
+    if cls is ModelConfig:
+        doc["models"][0][key] = value
+        return doc, f"models[0].{key}"
+    table = cls.TABLE.strip("[]")
+    doc[table] = {key: value}
+    return doc, f"{table}.{key}"
+
+
+def read_back(cls, doc, key):
+    c = parse_config(doc)
+    table = {ServerConfig: c.server, AdminConfig: c.admin, ModelConfig: c.models[0],
+             VersionConfig: c.models[0].versions[-1], StoreConfig: StoreConfig(c.store_path)}[cls]
+    return getattr(table, settings(cls)[key][0].name)
+
+
+def test_defaults_are_what_an_empty_table_parses_to():
+    c = parse_config(base())  # no source: paths stay as declared
+    parsed = {ServerConfig: c.server, AdminConfig: c.admin, StoreConfig: StoreConfig(c.store_path),
+              ModelConfig: parse_model({"name": "m", "versions": [{"version": "1"}]}, "m"),
+              VersionConfig: parse_version({"version": "1"}, "v")}
+    for cls, table in parsed.items():
+        for key, f, _, _ in keys(cls):
+            if f.default is not MISSING:
+                assert getattr(table, f.name) == f.default, f"{cls.__name__}.{key}"
+    assert c.server == ServerConfig() and c.admin == AdminConfig() and c.store_path == StoreConfig().path
+    assert str(ServerConfig().http) == "127.0.0.1:8080" and str(ServerConfig().msgpack) == "127.0.0.1:8081"
+    assert parsed[VersionConfig] == VersionConfig("1") and parsed[ModelConfig].routing_key is None
+    # weight's default follows shadow: a shadow takes no live traffic unless told.
+    assert parse_version({"version": "1", "shadow": 0.5}, "v").weight == 0
+
+
+def test_relative_paths_default_to_the_config_directory(tmp_path):
+    c = parse_config({"admin": {"token_file": "tok"}, **base()}, tmp_path / "c.toml")
+    assert (c.store_path, c.admin.token_file) == (tmp_path / "model-store", tmp_path / "tok")
+
+
+BOUNDED = [(cls, k) for cls in TABLES for k, _, s, _ in keys(cls) if s.lo is not None or s.hi is not None]
+
+
+def test_every_number_is_bounded_below():
+    numbers = [(k, s) for cls in TABLES for k, _, s, tp in keys(cls) if tp in (int, float)]
+    assert len(numbers) > 10 and [k for k, s in numbers if s.lo is None] == []
+
+
+@pytest.mark.parametrize("cls,key", BOUNDED, ids=[f"{c.__name__}.{k}" for c, k in BOUNDED])
+def test_bounds_come_from_the_field(cls, key):
+    f, s = settings(cls)[key]
+    tp = get_type_hints(cls)[f.name]
+    for bound, op, direction in ((s.lo, ">=", -1), (s.hi, "<=", 1)):
+        if bound is None:
+            continue
+        outside = bound + direction if tp is int else math.nextafter(bound, direction * math.inf)
+        doc, path = place(cls, key, outside)
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: must be {op} {tp(bound)}, got {outside}")):
+            parse_config(doc)
+        assert read_back(cls, place(cls, key, tp(bound))[0], key) == bound  # the bound itself is allowed
+
+
+@pytest.mark.parametrize("tp,value,words", [(int, 1.5, "must be an integer"), (float, "x", "must be a number"),
+                                            (bool, "yes", "must be true or false")])
+def test_types_come_from_the_field(tp, value, words):
+    typed = [(cls, k) for cls in TABLES for k, _, s, t in keys(cls) if t is tp and not s.parse]
+    assert typed
+    for cls, key in typed:
+        doc, path = place(cls, key, value)
+        with pytest.raises(ConfigError, match=re.escape(f"{path}: {words}, got {value!r}")):
+            parse_config(doc)
+
+
+def test_literal_fields_take_their_choices_from_the_type():
+    literals = [(cls, k, get_args(tp)) for cls in TABLES for k, _, _, tp in keys(cls) if get_origin(tp) is Literal]
+    assert [k for _, k, _ in literals] == ["shadow_priority"]
+    for cls, key, choices in literals:
+        doc, path = place(cls, key, "bogus")
+        with pytest.raises(ConfigError) as e:
+            parse_config(doc)
+        assert str(e.value) == f"{path}: must be one of {', '.join(map(repr, choices))}, got 'bogus'"
+        assert [read_back(cls, place(cls, key, c)[0], key) for c in choices] == list(choices)
+
+
+@pytest.mark.parametrize("cls", TABLES, ids=lambda c: c.__name__)
+def test_unknown_key_message_lists_exactly_the_fields(cls):
+    doc, path = place(cls, "colour", 1)
+    with pytest.raises(ConfigError) as e:
+        parse_config(doc)
+    fields = sorted(f.name for f in dataclasses.fields(cls))
+    assert str(e.value) == f"{path}: unknown key (allowed: {', '.join(fields)})"
+
+
+def test_top_level_keys_are_the_config_fields_but_source():
+    assert sorted(settings(Config)) == ["admin", "models", "server", "store"]
+    with pytest.raises(ConfigError) as e:
+        parse_config({"source": "x", **base()})
+    assert str(e.value) == "source: unknown key (allowed: admin, models, server, store)"
+
+
+def test_traffic_keys_are_the_live_version_keys():
+    assert TRAFFIC_KEYS == frozenset({"weight", "shadow", "shadow_queue"})
+
+
+def test_control_plane_validates_with_the_loader_rules():
+    with pytest.raises(ConfigError, match=re.escape("deploy.versions[0].weight: must be >= 0.0, got -1")):
+        parse_version({"version": "1", "weight": -1}, "deploy.versions[0]")
+    with pytest.raises(ConfigError, match=re.escape("deploy.versions[0]: a shadow version takes no live traffic, "
+                                                    "but version '1' has weight 1;")):
+        parse_model({"name": "m", "versions": [{"version": "1", "shadow": 0.5, "weight": 1}]}, "deploy")
+    assert parse_value(VersionConfig, "weight", 80, "weights.2") == 80.0
+    with pytest.raises(ConfigError, match=re.escape("shadow.3: must be <= 1.0, got 2")):
+        parse_value(VersionConfig, "shadow", 2, "shadow.3")
+    assert parse_model({"name": "m", "routing_key": "X-User", "versions": [{"version": 7}]}, "m") == ModelConfig(
+        "m", "x-user", (VersionConfig("7"),))
+
+
+# -- docs/config.md lists every key, its default and its bounds -------------------------------------
+
+
+def doc_rows(heading: str) -> dict[str, tuple[str, str]]:
+    text = (ROOT / "docs" / "config.md").read_text()
+    assert f"## `{heading}`\n" in text, heading
+    section = text.split(f"## `{heading}`\n", 1)[1].split("\n## ", 1)[0]
+    rows = (re.match(r"\| `(\w+)` \| (.*?) \| (.*?) \| ", line) for line in section.splitlines())
+    return {m[1]: (m[2], m[3]) for m in rows if m}
+
+
+def plain(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)  # 10.0 -> 10, as the docs write numbers
+
+
+def toml_literal(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return plain(v)
+    return json.dumps(list(v) if isinstance(v, tuple) else str(v))  # str, Path, Address
+
+
+@pytest.mark.parametrize("cls", TABLES, ids=lambda c: c.__name__)
+def test_docs_list_every_key_with_its_default_and_bounds(cls):
+    rows = doc_rows(cls.TABLE)
+    assert set(rows) == set(settings(cls))
+    for key, f, s, tp in keys(cls):
+        kind, default = rows[key]
+        assert s.doc, key
+        if f.default is not MISSING and f.default is not None:
+            assert default.startswith(f"`{toml_literal(f.default)}`"), key
+        else:
+            assert default == ("none" if type(None) in get_args(tp) else "required"), key
+        if s.lo is not None and s.hi is not None:
+            assert f"{plain(s.lo)}..{plain(s.hi)}" in kind, key
+        elif s.lo is not None:
+            assert f">= {plain(s.lo)}" in kind, key
+        if get_origin(tp) is Literal:
+            assert all(f'`"{c}"`' in kind for c in get_args(tp)), key

@@ -1,4 +1,4 @@
-"""Tests for the demo models (runtime.demo) and the model store writer (runtime.store)."""
+"""Tests for the demo models (modelkit.demo) and the model store writer (modelkit.store)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
+from modelkit import demo
+from modelkit.store import write_version
 from router.proto.errors import ConfigError
 from router.proto.meta import META_FILE, MODEL_FILE, read_meta
-from runtime import demo
-from runtime.store import write_version
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -395,7 +395,8 @@ def test_main_reports_errors(
     assert "error:" in capsys.readouterr().err
 
 
-def test_python_m_runtime_demo(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
+@pytest.mark.daemon
+def test_python_m_modelkit_demo(built: tuple[Path, list[Path]], tmp_path: Path) -> None:
     store, _ = built
     shutil.copytree(store, tmp_path / "model-store")
     shutil.rmtree(tmp_path / "model-store" / "mlp-small")
@@ -404,7 +405,7 @@ def test_python_m_runtime_demo(built: tuple[Path, list[Path]], tmp_path: Path) -
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "runtime.demo", "--store", "model-store", "--extra"],
+        [sys.executable, "-m", "modelkit.demo", "--store", "model-store", "--extra"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

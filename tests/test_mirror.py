@@ -249,6 +249,7 @@ def test_mirroring_is_independent_of_routing(impl, shadow):
     assert mirrored / len(routed) == pytest.approx(0.3, abs=0.015)
 
 
+@pytest.mark.daemon
 def test_a_key_sticks_across_processes_and_implementations():
     """A child process forced onto the twin mirrors 1000 keys as this one does with either implementation."""
     code = (

@@ -1,4 +1,4 @@
-"""Replica choice and the routing table, without processes."""
+"""Replica choice and the weight table, without processes."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ class FakeReplica:
 
 def test_power_of_two_choices_prefers_the_less_loaded_replica():
     from router.config import VersionConfig
-    from router.pool import VersionPool
+    from router.routing import ReplicaSet
 
     reps = [FakeReplica(0), FakeReplica(50), FakeReplica(50)]
-    pool = VersionPool("m", VersionConfig("1"), None, reps)  # type: ignore[arg-type]
+    pool = ReplicaSet("m", VersionConfig("1"), None, reps)  # type: ignore[arg-type]
     pool.refresh()
     picks = Counter(id(pool.pick()) for _ in range(3000))
     # The idle replica wins every draw it takes part in: 2 of 3 pairs contain it.

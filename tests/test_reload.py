@@ -14,6 +14,7 @@ import sys
 import threading
 from collections import Counter
 
+import pytest
 from conftest import ROOT, Daemon, children_of, free_port, write_config
 from test_shadow import metric, scrape, wait_for
 
@@ -182,6 +183,7 @@ def test_a_deploy_that_adds_a_version_under_load(start_daemon):
     assert set(load.statuses) == {200}, load.statuses
 
 
+@pytest.mark.daemon
 def test_a_replaced_model_file_is_deployed_and_a_broken_one_changes_nothing(store, tmp_path):
     local = tmp_path / "store"
     shutil.copytree(store / "mlp-small" / "1", local / "mlp-small" / "1")
@@ -306,6 +308,7 @@ def test_deploy_api_swaps_under_load_writes_back_and_a_failed_one_changes_nothin
     assert deploy(d, "nope", {"versions": []})[0] == 404
 
 
+@pytest.mark.daemon
 def test_a_model_that_raises_on_warm_up_aborts_the_deploy(store, tmp_path):
     local = tmp_path / "store"
     shutil.copytree(store / "mlp-small" / "1", local / "mlp-small" / "1")

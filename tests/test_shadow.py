@@ -25,6 +25,15 @@ from router.splitter import MirrorTable
 
 RNG = np.random.default_rng(5)
 
+#: Server keys for tests that count what shadows answer. At idle CPU priority (the default, and the
+#: point of it) a shadow gets no CPU while other programs keep every core busy, as on a shared CI
+#: machine: its copies time out and the counts depend on the machine. Here shadows run at normal
+#: priority and a copy has 10 s; the priority itself has tests of its own at the end.
+STEADY = {"shadow_priority": "normal", "request_timeout_ms": 10_000}
+#: For the tests of 20,000 requests: however far behind a shadow falls, no copy is refused for a
+#: full link (1024 by default) or expires (the queue bound, 100,000 there, does the same).
+BACKLOG = {**STEADY, "request_timeout_ms": 60_000, "max_inflight_per_worker": 100_000}
+
 
 def mlp(*shadows: tuple[str, float], queue: int | None = None, key: bool = True) -> dict:
     versions: list[dict] = [{"version": "1", "weight": 1}]
@@ -61,7 +70,8 @@ def shadow_results(d, version: str) -> dict[str, float]:
             for r in ("ok", "error", "dropped", "timeout")}
 
 
-def wait_for(cond, timeout: float = 10.0):
+def wait_for(cond, timeout: float = 60.0):
+    """Poll ``cond`` until it returns something true, and return that; the timeout only bounds a failure."""
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
@@ -75,6 +85,15 @@ def wait_for(cond, timeout: float = 10.0):
 def settled(d, version: str, n: int) -> dict[str, float]:
     """Wait until ``n`` copies to ``version`` have a result; return the results."""
     return wait_for(lambda: (r := shadow_results(d, version)) and sum(r.values()) >= n and r)
+
+
+def all_settled(d, version: str) -> dict[str, float]:
+    """Wait until no copy to ``version`` is in flight; return the results.
+
+    A copy is queued as its live reply is sent, so once the replies of every request are
+    in, an empty queue means every copy of them has a result."""
+    wait_for(lambda: metric(scrape(d), "router_shadow_queue", version=version) == 0 or None)
+    return shadow_results(d, version)
 
 
 def put(d, body) -> tuple[int, dict]:
@@ -113,7 +132,7 @@ def raw_replies(d, xs: list[np.ndarray], key: str = "k") -> list[tuple[int, dict
 
 
 def test_live_replies_are_byte_identical_with_and_without_shadows(start_daemon):
-    d = start_daemon(models=[mlp(("copy", 1.0), ("2", 1.0))])
+    d = start_daemon(models=[mlp(("copy", 1.0), ("2", 1.0))], **STEADY)
     xs = [inputs()["x"] for _ in range(10)]
     with_shadow = raw_replies(d, xs)
     settled(d, "copy", 30)
@@ -123,12 +142,11 @@ def test_live_replies_are_byte_identical_with_and_without_shadows(start_daemon):
     without = raw_replies(d, xs)
     assert all(s == 200 for s, _, _ in with_shadow)
     assert with_shadow == without
-    time.sleep(0.2)
-    assert shadow_results(d, "copy") == before  # no copies once the fraction is 0
+    assert all_settled(d, "copy") == before  # no copies once the fraction is 0
 
 
 def test_identical_shadow_agrees_fully_and_differs_by_zero(start_daemon):
-    d = start_daemon(models=[mlp(("copy", 1.0))])
+    d = start_daemon(models=[mlp(("copy", 1.0))], **STEADY)
     n = 40
     with HttpClient(d.url, routing_header="x-user-id") as c:
         for i in range(n):
@@ -153,7 +171,7 @@ def test_identical_shadow_agrees_fully_and_differs_by_zero(start_daemon):
 def test_differing_shadow_metrics_match_a_local_comparison(start_daemon, store: Path):
     import torch
 
-    d = start_daemon(models=[mlp(("2", 1.0))])
+    d = start_daemon(models=[mlp(("2", 1.0))], **STEADY)
     live_m = torch.jit.load(str(store / "mlp-small" / "1" / "model.pt"))
     shadow_m = torch.jit.load(str(store / "mlp-small" / "2" / "model.pt"))
     xs = [inputs(n=1 + i % 3)["x"] for i in range(30)]
@@ -183,8 +201,7 @@ def test_differing_shadow_metrics_match_a_local_comparison(start_daemon, store: 
 
 def test_mirrored_fraction_is_the_configured_one_and_keyed_copies_are_deterministic(start_daemon):
     f = 0.3
-    # Normal priority: under this load an idle-priority shadow would be starved and drop copies.
-    d = start_daemon(models=[mlp(("copy", f), queue=100_000)], shadow_priority="normal")
+    d = start_daemon(models=[mlp(("copy", f), queue=100_000)], **BACKLOG)
     n = 20_000
     keys = [f"caller-{i}" for i in range(n)]
     x = inputs()["x"]
@@ -199,40 +216,37 @@ def test_mirrored_fraction_is_the_configured_one_and_keyed_copies_are_determinis
 
 def test_keyless_mirroring_is_random_at_the_configured_fraction(start_daemon):
     f = 0.5
-    d = start_daemon(models=[mlp(("copy", f), queue=100_000, key=False)], shadow_priority="normal")
+    d = start_daemon(models=[mlp(("copy", f), queue=100_000, key=False)], **BACKLOG)
     n = 20_000
     x = inputs()["x"]
     with WireClient("127.0.0.1", d.wire_port) as c:
         results = c.infer_many(({"model": "mlp-small", "inputs": {"x": x}} for _ in range(n)), depth=32)
     assert all(not isinstance(r, Exception) for r in results)
-    wait_for(lambda: metric(scrape(d), "router_shadow_queue", version="copy") == 0 or None)
-    res = shadow_results(d, "copy")
+    res = all_settled(d, "copy")
     assert res["ok"] == sum(res.values())
     assert abs(res["ok"] / n - f) <= 0.02
 
 
 def test_slow_shadow_overflows_its_queue_and_never_holds_live_requests(start_daemon):
-    d = start_daemon(models=[mlp(("slow", 1.0), queue=4)])
+    d = start_daemon(models=[mlp(("slow", 1.0), queue=4)], **STEADY)
     n = 100
     peak = 0
-    t0 = time.monotonic()
     with WireClient("127.0.0.1", d.wire_port) as c:
         for i in range(n):
             assert c.infer("mlp-small", inputs(), key=f"k{i}").model_version == "1"
-            if i % 20 == 0:
+            if i % 10 == 0:
                 peak = max(peak, metric(scrape(d), "router_shadow_queue", version="slow"))
-    elapsed = time.monotonic() - t0
-    # Waiting on a 20 ms shadow would take at least 2 s for 100 requests.
-    assert elapsed < 1.5, elapsed
     res = settled(d, "slow", n)
+    # The requests went one at a time: had a live reply waited for its copy, no more than one copy
+    # could ever have been queued, and none dropped. Copies were dropped because the queue was full.
     assert res["dropped"] > 0 and res["ok"] >= 4 and res["error"] == res["timeout"] == 0
     assert res["ok"] + res["dropped"] == n
     assert 0 < peak <= 4
-    assert wait_for(lambda: metric(scrape(d), "router_shadow_queue", version="slow") == 0 or None) is not None
+    assert all_settled(d, "slow") == res
 
 
 def test_failing_shadow_counts_errors_and_live_replies_succeed(start_daemon):
-    d = start_daemon(models=[mlp(("faulty", 1.0))])
+    d = start_daemon(models=[mlp(("faulty", 1.0))], **STEADY)
     with WireClient("127.0.0.1", d.wire_port) as c:
         for i in range(20):
             x = inputs(scale=5000.0 if i % 2 else 1.0)
@@ -246,7 +260,8 @@ def test_failing_shadow_counts_errors_and_live_replies_succeed(start_daemon):
 
 
 def test_killed_and_stopped_shadows_never_fail_live_requests(start_daemon):
-    d = start_daemon(models=[mlp(("copy", 1.0))], request_timeout_ms=300)
+    # Copies must time out while the shadow is stopped: a timeout of 1 s, not STEADY's 10.
+    d = start_daemon(models=[mlp(("copy", 1.0))], shadow_priority="normal", request_timeout_ms=1000)
     pid = worker_pid(d, "copy")
     failures = 0
     with WireClient("127.0.0.1", d.wire_port) as c:
@@ -262,13 +277,13 @@ def test_killed_and_stopped_shadows_never_fail_live_requests(start_daemon):
         os.kill(pid, signal.SIGSTOP)  # a hung shadow: its copies time out
         try:
             burst(30)
-            res = wait_for(lambda: (r := shadow_results(d, "copy"))["timeout"] > 0 and r, timeout=5)
+            res = wait_for(lambda: (r := shadow_results(d, "copy"))["timeout"] > 0 and r)
         finally:
             os.kill(pid, signal.SIGCONT)
         os.kill(pid, signal.SIGKILL)  # a crashed shadow: restarted; meanwhile copies are dropped or fail
         burst(50)
-        wait_for(lambda: worker_pid(d, "copy") not in (pid, None), timeout=15)
-        wait_for(lambda: json.loads(d.get("/admin/models")[1])["ready"] or None, timeout=15)
+        wait_for(lambda: worker_pid(d, "copy") not in (pid, None))
+        wait_for(lambda: json.loads(d.get("/admin/models")[1])["ready"] or None)
         before = shadow_results(d, "copy")["ok"]
         burst(10)
     assert failures == 0
@@ -280,13 +295,12 @@ def test_killed_and_stopped_shadows_never_fail_live_requests(start_daemon):
 
 
 def test_pinned_requests_to_live_versions_are_mirrored_but_not_those_to_the_shadow(start_daemon):
-    d = start_daemon(models=[mlp(("copy", 1.0))])
+    d = start_daemon(models=[mlp(("copy", 1.0))], **STEADY)
     with HttpClient(d.url) as c:
         c.infer("mlp-small", inputs(), version="1")
         c.infer("mlp-small", inputs(), version="copy")
         c.infer("mlp-small", inputs(), version="copy")
-    time.sleep(0.3)
-    assert shadow_results(d, "copy") == {"ok": 1, "error": 0, "dropped": 0, "timeout": 0}
+    assert all_settled(d, "copy") == {"ok": 1, "error": 0, "dropped": 0, "timeout": 0}
 
 
 def test_shadow_fractions_change_live_are_validated_and_written_back(start_daemon):
@@ -295,10 +309,10 @@ def test_shadow_fractions_change_live_are_validated_and_written_back(start_daemo
     status, res = put(d, {"shadow": {"copy": 1}})
     assert status == 200 and res["shadow"] == {"copy": 1.0} and res["weights"]["1"] == 1
     for body, words in [
-        ({"shadow": {"1": 0.5}}, ["shadow.1", "either live"]),
+        ({"shadow": {"1": 0.5}}, ["version '1'", "no live traffic"]),
         ({"shadow": {"copy": 1.5}}, ["shadow.copy", "<= 1.0"]),
         ({"shadow": {"copy": -0.1}}, ["shadow.copy", ">= 0"]),
-        ({"shadow": {"copy": "half"}}, ["shadow.copy", "finite number"]),
+        ({"shadow": {"copy": "half"}}, ["shadow.copy", "must be a"]),
         ({"shadow": {"9": 0.5}}, ["shadow.9", "unknown version"]),
         ({"shadows": {"copy": 0.5}}, ["unknown field", "shadows"]),
         ({"weights": {"1": 0}, "shadow": {"copy": 0.5}}, ["at least one version"]),
@@ -333,7 +347,7 @@ def test_cli_shadow_sets_and_shows_fractions(start_daemon):
     assert "mlp-small vcopy: shadow, mirrors 20% of live traffic" in out.stdout
     assert "mlp-small v1: weight 1 (100.0%)" in out.stdout
     out = run("1=0.2")
-    assert out.returncode == 1 and "400" in out.stderr and "either live" in out.stderr
+    assert out.returncode == 1 and "400" in out.stderr and "no live traffic" in out.stderr
     out = run("copy")
     assert out.returncode == 2 and "VERSION=FRACTION" in out.stderr
     out = subprocess.run([sys.executable, "-m", "router", "status", "--url", d.url], cwd=ROOT,
@@ -362,8 +376,7 @@ def test_batcher_answers_a_shadow_copy_with_comparison_statistics(store: Path):
     from router.proto.link import FMT_JSON
     from router.proto.meta import read_meta
     from runtime.batcher import Batcher
-    from runtime.codecs import decode_request, encode_response
-    from runtime.compare import decode_reply
+    from runtime.codecs import decode_reply, decode_request, encode_response
     from runtime.model import Model
 
     meta = read_meta(store / "mlp-small" / "1")
@@ -391,7 +404,8 @@ def test_batcher_answers_a_shadow_copy_with_comparison_statistics(store: Path):
 
 def test_shutdown_does_not_wait_for_shadow_copies(start_daemon):
     # Copies never expire here (60 s deadline) and the drain could wait 30 s: only not waiting passes.
-    d = start_daemon(models=[mlp(("copy", 1.0))], drain_timeout_s=30.0, request_timeout_ms=60_000)
+    d = start_daemon(models=[mlp(("copy", 1.0))], drain_timeout_s=30.0, request_timeout_ms=60_000,
+                     shadow_priority="normal")
     pid = worker_pid(d, "copy")
     os.kill(pid, signal.SIGSTOP)
     try:
@@ -400,7 +414,7 @@ def test_shutdown_does_not_wait_for_shadow_copies(start_daemon):
                 c.infer("mlp-small", inputs(), key=f"k{i}")
         assert metric(scrape(d), "router_shadow_queue", version="copy") == 20
         d.send(signal.SIGTERM)
-        wait_for(lambda: "drained; 20 shadow copies not waited for" in d.log or None, timeout=10)
+        wait_for(lambda: "drained; 20 shadow copies not waited for" in d.log or None)
     finally:
         os.kill(pid, signal.SIGCONT)
     assert d.stop() == 0
@@ -423,8 +437,8 @@ def test_shadow_workers_yield_the_cpu_and_get_it_back_when_promoted(start_daemon
     assert put(d, {"weights": {"copy": 0}, "shadow": {"copy": 0.5}})[0] == 200
     assert os.sched_getscheduler(shadow) == os.SCHED_IDLE
     os.kill(shadow, signal.SIGKILL)  # its replacement goes idle as soon as it is live
-    wait_for(lambda: worker_pid(d, "copy") not in (shadow, None) or None, timeout=15)
-    wait_for(lambda: json.loads(d.get("/admin/models")[1])["ready"] or None, timeout=15)
+    wait_for(lambda: worker_pid(d, "copy") not in (shadow, None) or None)
+    wait_for(lambda: json.loads(d.get("/admin/models")[1])["ready"] or None)
     assert os.sched_getscheduler(worker_pid(d, "copy")) == os.SCHED_IDLE
     assert os.sched_getscheduler(live) == os.SCHED_OTHER
 

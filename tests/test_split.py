@@ -177,13 +177,13 @@ def test_edges(impl):
 
 def test_weight_zero_is_never_chosen():
     """The pool drops weight-0 versions when it builds the table (and a table refuses them)."""
-    from router.pool import ModelRoute
+    from router.routing import Pool
 
     pools = {
         v: SimpleNamespace(version=v, live=True, vc=SimpleNamespace(weight=w, shadow=s), replicas=[])
         for v, w, s in (("1", 1.0, 0.0), ("dark", 0.0, 0.0), ("2", 1.0, 0.0), ("shadow", 0.0, 0.5))
     }
-    route = ModelRoute(SimpleNamespace(name="m", routing_key=None), pools, {})  # type: ignore[arg-type]
+    route = Pool(SimpleNamespace(name="m", routing_key=None), pools, {})  # type: ignore[arg-type]
     route.rebuild()
     assert route.table.versions == ("1", "2")
     assert route.mirror is not None and route.mirror.versions == ("shadow",)
@@ -209,6 +209,7 @@ def test_a_key_sticks_across_tables(impl):
     assert [a.choose(k) for k in keys] == [a.choose(k.encode()) for k in keys]
 
 
+@pytest.mark.daemon
 def test_a_key_sticks_across_processes_and_implementations():
     """A child process forced onto the twin routes 1000 keys as this one does with either implementation."""
     code = (

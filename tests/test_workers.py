@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FRAUD, ROOT, children_of, free_port, pid_alive, write_config
+from test_shadow import metric, scrape, wait_for
 
 ROW = [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]
 FRAUD_BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
@@ -65,20 +66,27 @@ def test_workers_are_pinned_to_their_cpus(start_daemon):
     assert cpus_allowed(d.proc.pid) != "1"
 
 
-@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs the worker on a CPU of its own")
-def test_an_idle_worker_sleeps_once_per_request(start_daemon):
-    # A worker blocked in recv() used to be woken for nothing each time the router read
-    # its reply (the socket turning writable), and slept a second time per request.
-    d = start_daemon([{"name": "fraud", "versions": [{"version": "1", "cpus": [1]}]}])
-    pid = worker_pids(d)["1"]
-    for _ in range(20):  # warm up
-        assert d.post("/v2/models/fraud/infer", FRAUD_BODY)[0] == 200
-    n = 300
+def sleeps_per_request(d, pid: int, n: int) -> float:
+    """Voluntary context switches of ``pid`` per request over ``n`` requests sent one at a time."""
     before = voluntary_switches(pid)
     for _ in range(n):
         assert d.post("/v2/models/fraud/infer", FRAUD_BODY)[0] == 200
-    per_request = (voluntary_switches(pid) - before) / n
-    assert 0.9 <= per_request <= 1.3, per_request
+    return (voluntary_switches(pid) - before) / n
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs the worker on a CPU of its own")
+def test_an_idle_worker_sleeps_once_per_request(start_daemon):
+    # A worker blocked in recv() used to be woken for nothing each time the router read
+    # its reply (the socket turning writable), and slept a second time per request, up to 2.0:
+    # a race, won in some rounds and not others, so every round must stay clear of it. Sleeps
+    # are counted, not timed: other programs only take some away (a worker preempted before it
+    # sleeps finds the next request there), hence no lower bound. The figure itself: python -m
+    # bench.idle.
+    d = start_daemon([{"name": "fraud", "versions": [{"version": "1", "cpus": [1]}]}])
+    pid = worker_pids(d)["1"]
+    sleeps_per_request(d, pid, 20)  # warm up
+    rounds = [sleeps_per_request(d, pid, 100) for _ in range(6)]
+    assert max(rounds) <= 1.3, rounds
 
 
 def test_router_process_never_imports_torch(shared_daemon):
@@ -105,17 +113,12 @@ def test_sigkill_of_a_worker_under_load_gives_503s_never_a_hang_and_it_comes_bac
     threads = [threading.Thread(target=load) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    wait_for(lambda: statuses[200] >= 20 or None)
     os.kill(old, signal.SIGKILL)
-    deadline = time.monotonic() + 20
-    new = None
-    while time.monotonic() < deadline:
-        new = worker_pids(d).get("1")
-        if new and new != old and d.get("/v2/health/ready")[0] == 200:
-            break
-        time.sleep(0.05)
+    new = wait_for(lambda: (pid := worker_pids(d).get("1")) not in (old, None)
+                   and d.get("/v2/health/ready")[0] == 200 and pid)
     served_before = statuses[200]
-    time.sleep(0.5)
+    wait_for(lambda: statuses[200] > served_before + 20 or None)
     stop.set()
     for t in threads:
         t.join(10)
@@ -130,36 +133,70 @@ def test_sigkill_of_a_worker_under_load_gives_503s_never_a_hang_and_it_comes_bac
     assert 'router_worker_restarts_total{model="fraud",pool="blue",replica="0",version="1"} 1.0' in metrics.decode()
 
 
+def fraud_body(scale: float) -> bytes:
+    return json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
+                                   "data": [v * scale for v in ROW]}]}).encode()
+
+
+def outputs(raw: bytes) -> list:
+    return json.loads(raw)["outputs"][0]["data"]
+
+
+class Stopped:
+    """The worker ``pid`` stopped (SIGSTOP) inside the block: it holds every request sent meanwhile."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __enter__(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def __exit__(self, *exc: object) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+
 def test_deadline_gives_504_and_the_late_reply_is_dropped(start_daemon):
-    models = [{"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64,
-                                                 "max_batch_delay_us": 600_000}]}]
-    d = start_daemon(models, request_timeout_ms=100)
-    t0 = time.monotonic()
-    status, _, raw = d.post("/v2/models/mlp-wide/infer", WIDE_BODY)
-    took = time.monotonic() - t0
+    d = start_daemon([{"name": "fraud", "versions": [{"version": "1"}]}], request_timeout_ms=1000)
+    late, other = fraud_body(1.0), fraud_body(-2.0)
+    with Stopped(worker_pids(d)["1"]):  # nothing but the deadline can answer the request
+        t0 = time.monotonic()
+        status, _, raw = d.post("/v2/models/fraud/infer", late)
+        took = time.monotonic() - t0
     assert status == 504 and "deadline" in json.loads(raw)["error"]
-    assert took < 0.5, took
-    time.sleep(0.8)  # the worker's late reply arrives and must be ignored
+    assert took >= 1.0, took  # never before the deadline
+    # The worker now answers the expired request. That reply comes back on the same socket ahead of
+    # the next one's: the router must drop it, not hand it to the next caller.
+    status, _, first = d.post("/v2/models/fraud/infer", other)
+    assert status == 200
+    assert outputs(first) == outputs(d.post("/v2/models/fraud/infer", other)[2])
+    assert outputs(first) != outputs(d.post("/v2/models/fraud/infer", late)[2])
     assert d.get("/v2/health/ready")[0] == 200
 
 
 def test_an_idle_router_barely_wakes_and_still_answers_504_on_time(start_daemon):
-    models = [{"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64,
-                                                 "max_batch_delay_us": 900_000}]}]
-    d = start_daemon(models, request_timeout_ms=400)
-    time.sleep(0.5)
-    before = voluntary_switches(d.proc.pid)
-    time.sleep(1.0)
-    # The deadline sweep looks every 5 ms only while calls are in flight (it used to
-    # wake 200 times a second); idle, every 200 ms (half the timeout).
-    assert voluntary_switches(d.proc.pid) - before <= 20
-    t0 = time.monotonic()
-    status, _, raw = d.post("/v2/models/mlp-wide/infer", WIDE_BODY)
-    took = time.monotonic() - t0
+    # The deadline sweep looks every 5 ms only while calls are in flight (it used to wake 200
+    # times a second); idle, once per half a timeout (here 0.5 s). A call sent meanwhile is
+    # found with half its time or more left and switches the sweep to 5 ms, so its 504 comes
+    # on time. Asserted here by counting the router's sleeps, not by timing them: a busy
+    # machine only delays wake-ups, never adds any. How late a 504 is after its deadline, and
+    # the idle wake-ups per second, are figures of python -m bench.idle.
+    d = start_daemon([{"name": "fraud", "versions": [{"version": "1"}]}], request_timeout_ms=1000)
+    router, worker = d.proc.pid, worker_pids(d)["1"]
+    time.sleep(0.3)
+    t0, before = time.monotonic(), voluntary_switches(router)
+    time.sleep(1.5)
+    idle_rate = (voluntary_switches(router) - before) / (time.monotonic() - t0)
+    assert idle_rate < 20, idle_rate  # the 5 ms sweep: 200 a second
+    with Stopped(worker):  # nothing but the deadline can answer the request
+        t0, before = time.monotonic(), voluntary_switches(router)
+        status, _, raw = d.post("/v2/models/fraud/infer", FRAUD_BODY)
+        took, wakes = time.monotonic() - t0, voluntary_switches(router) - before
     assert status == 504 and "deadline" in json.loads(raw)["error"]
-    # Found by an idle look, then answered within 5 ms of the deadline (plus this machine's noise);
-    # a call left to the next idle look after its deadline would take 0.6 s.
-    assert 0.39 <= took < 0.55, took
+    assert took >= 1.0, took  # never before the deadline
+    # At least the last half of the timeout swept every 5 ms: about 100 wake-ups where the idle
+    # looks alone would give two or three (and a 504 up to half a timeout late).
+    assert wakes >= 30, wakes
+    assert d.post("/v2/models/fraud/infer", FRAUD_BODY)[0] == 200
 
 
 def test_overload_gives_503(start_daemon):
@@ -174,23 +211,27 @@ def test_overload_gives_503(start_daemon):
 
 
 def test_sigterm_drains_in_flight_requests_then_exits_0(start_daemon):
+    # A batching window of 1 s (the most allowed): the eight requests are still in it when SIGTERM comes.
     models = [{"name": "mlp-wide", "versions": [{"version": "1", "max_batch_size": 64,
-                                                 "max_batch_delay_us": 400_000}]}]
-    d = start_daemon(models, drain_timeout_s=5)
+                                                 "max_batch_delay_us": 1_000_000}]}]
+    d = start_daemon(models, drain_timeout_s=30, request_timeout_ms=30_000)
     import http.client
-    keepalive = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=5)
-    keepalive.request("GET", "/v2/health/ready")
-    first = keepalive.getresponse()
-    assert first.status == 200 and first.read() == b""
-    with ThreadPoolExecutor(8) as ex:
-        futs = [ex.submit(d.post, "/v2/models/mlp-wide/infer", WIDE_BODY) for _ in range(8)]
-        time.sleep(0.15)  # all eight are now waiting in the worker's batching window
-        d.send(signal.SIGTERM)
-        time.sleep(0.05)
+    keepalive = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=30)
+
+    def ready() -> tuple[int, bytes]:
         keepalive.request("GET", "/v2/health/ready")
         r = keepalive.getresponse()
-        assert r.status == 503 and "shutting down" in json.loads(r.read())["error"]
-        results = [f.result(timeout=10) for f in futs]
+        return r.status, r.read()
+
+    assert ready() == (200, b"")
+    with ThreadPoolExecutor(8) as ex:
+        futs = [ex.submit(d.post, "/v2/models/mlp-wide/infer", WIDE_BODY, None, 30) for _ in range(8)]
+        wait_for(lambda: metric(scrape(d), "router_requests_in_flight", model="mlp-wide") == 8 or None)
+        d.send(signal.SIGTERM)
+        # Readiness turns 503 on a connection already open (the listeners are closed) once the signal is handled.
+        status, body = wait_for(lambda: (r := ready())[0] != 200 and r)
+        assert status == 503 and "shutting down" in json.loads(body)["error"]
+        results = [f.result(timeout=30) for f in futs]
     assert [r[0] for r in results] == [200] * 8
     assert d.stop() == 0
     assert "shutting down" in d.log and "stopped" in d.log
@@ -217,6 +258,7 @@ def run_serve(tmp_path: Path, store: Path, models: list[dict]) -> subprocess.Com
     )
 
 
+@pytest.mark.daemon
 def test_missing_model_version_is_a_clear_startup_error(tmp_path, store):
     models = [{"name": "fraud", "versions": [{"version": "1"}, {"version": "7"}]}]
     r = run_serve(tmp_path, store, models)
@@ -224,6 +266,7 @@ def test_missing_model_version_is_a_clear_startup_error(tmp_path, store):
     assert "models[0].versions[1]: no model file" in r.stderr
 
 
+@pytest.mark.daemon
 def test_a_model_that_cannot_load_fails_startup_and_leaves_nothing(tmp_path, store):
     import shutil
     bad_store = tmp_path / "store"

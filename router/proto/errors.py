@@ -29,6 +29,12 @@ class ConfigError(RouterError, ValueError):
     status = 400
 
 
+class ConfigFileError(RouterError):
+    """``config.toml`` cannot take a change (409) or cannot be written (500); nothing was changed."""
+
+    status = 409
+
+
 class ReloadRefused(RouterError):
     """A reloaded config changes what a reload cannot apply live; nothing was changed."""
 

@@ -1,11 +1,13 @@
-"""Deterministic demo models for the model store.
+"""Deterministic demo models, and the demo model store.
 
 ``fraud`` is trained in about a second on synthetic payment data: version
 ``1`` is a logistic regression, version ``2`` a small MLP that learns the
 nonlinear parts of the ground-truth rule and so ranks better (higher AUC).
 ``mlp-small`` and ``mlp-wide`` are untrained, fixed-seed MLPs for tests and
-benchmarks. Every model is built with ``torch.jit.script``, takes one FP32
-batch ``[-1, n]`` and returns one FP32 batch, so the router can batch requests.
+benchmarks (:mod:`modelkit.nets`), and ``mlp-small`` has fixture versions
+(:mod:`modelkit.fixtures`). Every model is built with ``torch.jit.script``,
+takes one FP32 batch ``[-1, n]`` and returns one FP32 batch, so the router can
+batch requests.
 
 Everything is seeded (numpy ``Generator``, ``torch.manual_seed`` inside a
 forked RNG state) and trained on one thread, so two builds on the same machine
@@ -13,17 +15,15 @@ and torch version give bit-identical weights.
 
 Usage::
 
-    python -m runtime.demo --store model-store [--extra]
+    python -m modelkit.demo --store model-store [--extra]
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 import math
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,16 @@ import torch
 from torch import nn
 
 from router.proto.errors import ConfigError
-from router.proto.meta import MODEL_FILE, read_meta
-from runtime import ops  # noqa: F401  (torch.ops.router.sleep_us, used by the slow demo model)
-from runtime.store import sha256_file, write_version
+from router.proto.meta import read_meta
+
+from .fixtures import MLP_SMALL_VARIANTS
+from .nets import MLP, deterministic, mlp_small, mlp_wide
+from .store import check_version, write_version
+
+__all__ = [
+    "FRAUD_CLASSES", "FRAUD_EXAMPLE_ROW", "FRAUD_FEATURES", "FraudModel", "Trained", "build_demo_store",
+    "fraud_probability", "main", "make_fraud_data", "mlp_small", "mlp_wide", "roc_auc", "train_fraud",
+]
 
 #: Names of the fraud model's input columns, in order.
 FRAUD_FEATURES: tuple[str, ...] = (
@@ -172,35 +179,6 @@ class FraudModel(nn.Module):
         return torch.softmax(self.logits(features), dim=-1)
 
 
-class MLP(nn.Module):
-    """A plain ReLU MLP: ``Linear -> ReLU -> ... -> Linear``."""
-
-    def __init__(self, sizes: list[int]) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for i, (n_in, n_out) in enumerate(itertools.pairwise(sizes)):
-            layers.append(nn.Linear(n_in, n_out))
-            if i < len(sizes) - 2:
-                layers.append(nn.ReLU())
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
-
-
-@contextmanager
-def deterministic(seed: int) -> Iterator[None]:
-    """Seed torch's RNG and use one thread; restore the caller's RNG state and thread count after."""
-    threads = torch.get_num_threads()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
-
 @dataclass(frozen=True)
 class Trained:
     """A trained fraud model and its held-out metrics."""
@@ -254,56 +232,6 @@ def train_fraud(version: str, data: tuple[np.ndarray, np.ndarray] | None = None)
             probs = scripted(torch.from_numpy(x_hold)).numpy()
     accuracy = float((probs.argmax(1) == y_hold).mean())
     return Trained(scripted, accuracy, roc_auc(y_hold, probs[:, 1]), len(y_hold))
-
-
-def _random_mlp(sizes: list[int], seed: int) -> torch.jit.ScriptModule:
-    with deterministic(seed):
-        model = MLP(sizes).eval().requires_grad_(False)
-        return torch.jit.script(model)
-
-
-def mlp_small(seed: int = 11) -> torch.jit.ScriptModule:
-    """``mlp-small``: a fixed-seed, untrained 4 -> 64 -> 3 ReLU MLP (``x`` [-1, 4] -> ``y`` [-1, 3])."""
-    return _random_mlp([4, 64, 3], seed=seed)
-
-
-class SlowMLP(nn.Module):
-    """``body`` that answers only after sleeping ``delay_us`` (off the CPU, like a model on another device)."""
-
-    def __init__(self, body: nn.Module, delay_us: int) -> None:
-        super().__init__()
-        self.body = body
-        self.delay_us = delay_us
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.router.sleep_us(self.body(x), self.delay_us)
-
-
-class FaultyMLP(nn.Module):
-    """``body`` that raises on any input beyond +-1000 (its example input passes, so it warms up)."""
-
-    def __init__(self, body: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if bool((x.abs() > 1000.0).any()):
-            raise RuntimeError("input beyond +-1000")
-        return self.body(x)
-
-
-def _wrapped_mlp_small(wrap: Callable[[nn.Module], nn.Module]) -> torch.jit.ScriptModule:
-    with deterministic(11):
-        body = MLP([4, 64, 3]).eval().requires_grad_(False)
-    return torch.jit.script(wrap(body).eval())
-
-
-def mlp_wide() -> torch.jit.ScriptModule:
-    """``mlp-wide``: a fixed-seed, untrained 256 -> 1024 -> 1024 -> 10 ReLU MLP.
-
-    Input ``x`` [-1, 256], output ``y`` [-1, 10]; about 1.3 M parameters.
-    """
-    return _random_mlp([256, 1024, 1024, 10], seed=12)
 
 
 # --------------------------------------------------------------------------- store
@@ -379,38 +307,13 @@ def _write_mlp(
 
 
 _FRAUD = [_Demo("fraud", v, _write_fraud(v)) for v in ("1", "2")]
-#: Benchmark models, and mlp-small variants to try shadow mode with: ``copy`` is
-#: version 1 bit for bit, ``2`` another seed, ``slow`` version 1 behind a 20 ms
-#: sleep, ``faulty`` version 1 that raises on inputs beyond +-1000.
+#: Benchmark models, then the fixture versions of mlp-small (shadow candidates, a slow and a faulty one).
 _EXTRA = [
     _Demo("mlp-small", "1", _write_mlp("mlp-small", mlp_small, 4, 3)),
     _Demo("mlp-wide", "1", _write_mlp("mlp-wide", mlp_wide, 256, 10)),
-    _Demo("mlp-small", "2", _write_mlp("mlp-small", lambda: mlp_small(seed=13), 4, 3, "2",
-                                       "mlp-small with other weights (seed 13): a shadow that disagrees.")),
-    _Demo("mlp-small", "copy", _write_mlp("mlp-small", mlp_small, 4, 3, "copy",
-                                          "mlp-small version 1, bit for bit: a shadow that agrees.")),
-    _Demo("mlp-small", "slow", _write_mlp("mlp-small", lambda: _wrapped_mlp_small(lambda b: SlowMLP(b, 20_000)),
-                                          4, 3, "slow", "mlp-small version 1 answering after a 20 ms sleep.")),
-    _Demo("mlp-small", "faulty", _write_mlp("mlp-small", lambda: _wrapped_mlp_small(FaultyMLP), 4, 3, "faulty",
-                                            "mlp-small version 1 that raises on inputs beyond +-1000.")),
+    *(_Demo("mlp-small", v.version, _write_mlp("mlp-small", v.build, 4, 3, v.version, v.description))
+      for v in MLP_SMALL_VARIANTS),
 ]
-
-
-def check_version(version_dir: Path) -> None:
-    """Check a stored version: valid ``meta.json`` and a ``model.pt`` matching its size and sha256.
-
-    Raises:
-        ConfigError: naming what is wrong.
-    """
-    meta = read_meta(version_dir)
-    model_path = version_dir / MODEL_FILE
-    if not model_path.is_file():
-        raise ConfigError(f"{model_path}: missing")
-    size = model_path.stat().st_size
-    if size != meta.size:
-        raise ConfigError(f"{model_path}: size {size} does not match meta.json size {meta.size}")
-    if sha256_file(model_path) != meta.sha256:
-        raise ConfigError(f"{model_path}: sha256 does not match meta.json")
 
 
 def build_demo_store(
@@ -418,9 +321,11 @@ def build_demo_store(
 ) -> list[Path]:
     """Write the demo models into ``store``; return the version directories written.
 
-    Writes ``fraud/1`` and ``fraud/2`` (and with ``extra``, ``mlp-wide/1`` and
-    the ``mlp-small`` versions of ``_EXTRA``) unless they already exist and are valid, in which case they
-    are skipped: the call is idempotent. ``log`` receives one line per version.
+    Writes ``fraud/1`` and ``fraud/2`` (and with ``extra``, ``mlp-small/1``,
+    ``mlp-wide/1`` and the fixture versions of ``mlp-small``,
+    :data:`modelkit.fixtures.MLP_SMALL_VARIANTS`) unless they already exist and
+    are valid, in which case they are skipped: the call is idempotent. ``log``
+    receives one line per version.
 
     Raises:
         ConfigError: a version exists but is broken; it is left alone (versions
@@ -452,9 +357,10 @@ def build_demo_store(
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: build the demo model store. Returns the process exit status."""
-    parser = argparse.ArgumentParser(prog="python -m runtime.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m modelkit.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--store", type=Path, default=Path("model-store"), help="model store root")
-    parser.add_argument("--extra", action="store_true", help="also write mlp-small and mlp-wide")
+    parser.add_argument("--extra", action="store_true",
+                        help="also write mlp-small (with its fixture versions) and mlp-wide")
     args = parser.parse_args(argv)
     try:
         build_demo_store(args.store, extra=args.extra, log=print)

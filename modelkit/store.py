@@ -1,4 +1,4 @@
-"""Writing model versions into a model store, atomically and immutably.
+"""Writing model versions into a model store, atomically and immutably, and checking them.
 
 A store is a directory tree ``<store>/<model>/<version>/`` holding
 ``model.pt`` (a TorchScript archive) and ``meta.json`` (see :mod:`router.proto.meta`).
@@ -21,7 +21,10 @@ from typing import Any
 
 import torch
 
-from router.proto.meta import META_FILE, MODEL_FILE, parse_meta
+from router.proto.errors import ConfigError
+from router.proto.meta import META_FILE, MODEL_FILE, parse_meta, read_meta
+
+__all__ = ["PLATFORM", "TMP_PREFIX", "check_version", "sha256_file", "utc_now_iso", "write_version"]
 
 PLATFORM = "pytorch_torchscript"
 #: Prefix of the temporary directories a write uses (hidden, so scanners skip them).
@@ -175,3 +178,20 @@ def write_version(
         raise
     _fsync_dir(model_dir)
     return target
+
+
+def check_version(version_dir: Path) -> None:
+    """Check a stored version: valid ``meta.json`` and a ``model.pt`` matching its size and sha256.
+
+    Raises:
+        ConfigError: naming what is wrong.
+    """
+    meta = read_meta(version_dir)
+    model_path = version_dir / MODEL_FILE
+    if not model_path.is_file():
+        raise ConfigError(f"{model_path}: missing")
+    size = model_path.stat().st_size
+    if size != meta.size:
+        raise ConfigError(f"{model_path}: size {size} does not match meta.json size {meta.size}")
+    if sha256_file(model_path) != meta.sha256:
+        raise ConfigError(f"{model_path}: sha256 does not match meta.json")
