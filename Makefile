@@ -52,6 +52,7 @@ bench: build
 	$(PY) -m bench.load --json bench/out/load.json
 	$(PY) -m bench.shadow --json bench/out/shadow.json
 	$(PY) -m bench.deploy --json bench/out/deploy.json
+	$(PY) -m bench.idle --json bench/out/idle.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.

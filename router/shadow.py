@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from time import monotonic
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
@@ -33,7 +33,6 @@ from .worker_link import Call, WorkerLink
 
 if TYPE_CHECKING:
     from .metrics import Metrics
-    from .routing import ReplicaSet
 
 log = logging.getLogger("router.shadow")
 
@@ -43,6 +42,15 @@ _LOG_EVERY_S = 10.0  # one log line per shadow version per this many seconds of 
 _RECORD_CHUNK = 8
 #: Most copies held for one write.
 _COPIES_PER_WRITE = 32
+
+
+class Replicas(Protocol):
+    """The shadow version's replicas, as this module uses them (:class:`router.routing.ReplicaSet`)."""
+
+    version: str
+    vc: Any
+
+    def pick(self) -> Any: ...
 
 
 class Copy(Call):
@@ -129,7 +137,7 @@ class ShadowTarget:
     __slots__ = ("model", "replicas", "version", "timeout", "max_inflight", "metrics", "flush_s", "outstanding",
                  "last_error", "_logged_at", "_counts", "_results", "_recording")
 
-    def __init__(self, model: str, replicas: ReplicaSet, timeout: float, max_inflight: int, metrics: Metrics,
+    def __init__(self, model: str, replicas: Replicas, timeout: float, max_inflight: int, metrics: Metrics,
                  flush_s: float = 0.001) -> None:
         self.model = model
         self.replicas = replicas
