@@ -113,16 +113,9 @@ class Lifecycle:
             t0: when the request was received (``time.monotonic()``).
             headers: the HTTP headers, where the routing key is the header the model names.
         """
-        pool = self.routing.active.get(model)
-        ex.pool = pool
-        ex.model = model
-        ex.t0 = t0
+        pool = self._lookup(ex, model, version, t0)
         if pool is None:
-            ex.answered = ""
-            self._refuse(ex, 404, f"unknown model {model!r}")
             return
-        # A version label only ever names a configured version: never one a client invented.
-        ex.answered = "" if version is None or version not in pool.versions else version
         if self.state.draining:
             self._refuse(ex, 503, "server is shutting down")
             return
@@ -148,15 +141,21 @@ class Lifecycle:
 
         An unknown model is still a 404: the same answer whatever else is wrong.
         """
+        if self._lookup(ex, model, version, t0) is not None:
+            self._refuse(ex, error.status, error.message)
+
+    def _lookup(self, ex: Exchange, model: str, version: str | None, t0: float) -> Pool | None:
+        """The model's active pool, with ``ex``'s labels set; None after answering 404 for an unknown model."""
         pool = ex.pool = self.routing.active.get(model)
         ex.model = model
         ex.t0 = t0
         if pool is None:
             ex.answered = ""
             self._refuse(ex, 404, f"unknown model {model!r}")
-            return
+            return None
+        # A version label only ever names a configured version: never one a client invented.
         ex.answered = "" if version is None or version not in pool.versions else version
-        self._refuse(ex, error.status, error.message)
+        return pool
 
     @staticmethod
     def _refuse(ex: Exchange, status: int, message: str) -> None:
