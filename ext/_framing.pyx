@@ -22,6 +22,12 @@ cdef inline uint64_t _be(const uint8_t* p, int size) noexcept nogil:
     return v
 
 
+cdef object _bad(list frames, str message, int status):
+    exc = FrameError(message, status)
+    exc.frames = frames
+    return exc
+
+
 @cython.final
 cdef class FrameScanner:
     """Split a byte stream into frame bodies.
@@ -49,8 +55,9 @@ cdef class FrameScanner:
         """Add ``data``; return the bodies of every frame it completed, in order.
 
         Raises:
-            FrameError: a zero-length frame (400) or one over ``max_frame`` (413).
-                The stream cannot be resynchronised after this.
+            FrameError: a zero-length frame (400) or one over ``max_frame`` (413),
+                with the frames completed before it in ``frames``. The stream
+                cannot be resynchronised after this.
         """
         cdef bytes src
         if self._buf:
@@ -69,9 +76,9 @@ cdef class FrameScanner:
         while end - pos >= 4:
             n = _be32(p + pos)
             if n == 0:
-                raise FrameError("frame length must be at least 1", 400)
+                raise _bad(frames, "frame length must be at least 1", 400)
             if n > self.max_frame:
-                raise FrameError(f"frame of {n} bytes exceeds the limit of {self.max_frame} bytes", 413)
+                raise _bad(frames, f"frame of {n} bytes exceeds the limit of {self.max_frame} bytes", 413)
             if end - pos - 4 < n:
                 break
             frames.append(PyBytes_FromStringAndSize(<const char*>(p + pos + 4), n))

@@ -93,6 +93,9 @@ class WireProtocol(asyncio.Protocol, Holding):
         try:
             frames = self.scanner.feed(data)
         except FrameError as exc:
+            # The requests before the bad header came first: they are answered first.
+            if exc.frames:
+                self.cork.run(self._requests, exc.frames)
             self._fatal(exc)
             return
         self.cork.run(self._requests, frames)  # many requests in one read: one write to each worker

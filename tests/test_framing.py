@@ -71,6 +71,21 @@ def test_oversized_frame_is_413_before_the_body_arrives(impl):
     assert "101 bytes exceeds the limit of 100" in str(e.value)
 
 
+@pytest.mark.parametrize("bad", [b"\x00\x00\x00\x00", (101).to_bytes(4, "big")], ids=["zero", "oversized"])
+def test_frames_before_a_bad_header_come_with_the_error(impl, bad):
+    s = impl.FrameScanner(100)
+    assert s.feed(frame(b"a")[:3]) == []
+    with pytest.raises(FrameError) as e:
+        s.feed(frame(b"a")[3:] + frame(b"bb") + bad + frame(b"never"))
+    assert e.value.frames == [b"a", b"bb"]
+
+
+def test_an_error_with_no_frame_before_it_has_none(impl):
+    with pytest.raises(FrameError) as e:
+        impl.FrameScanner(100).feed(b"\x00\x00\x00\x00")
+    assert e.value.frames == []
+
+
 def test_pack_header(impl):
     assert impl.pack_header(0x01020304) == b"\x01\x02\x03\x04"
     assert impl.pack_header(5) == frame(b"12345")[:4]

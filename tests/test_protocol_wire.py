@@ -167,3 +167,17 @@ def test_one_read_of_good_unknown_and_malformed_frames(shared_daemon):
         assert c.closed_by_peer()
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("bad", [b"\x00\x00\x00\x00", (1 << 30).to_bytes(4, "big")], ids=["zero", "oversized"])
+def test_requests_in_the_same_write_as_a_bad_header_are_answered_first(shared_daemon, bad):
+    """docs/protocol.md: the requests before a bad frame are answered, then the error, then the close."""
+    c = Conn(shared_daemon.wire_port)
+    try:
+        c.send(request(1) + request(2, version="2") + bad + request(3))
+        replies = [c.recv() for _ in range(3)]
+        assert sorted((r[0], r[1]) for r in replies[:2]) == [(1, 200), (2, 200)]
+        assert replies[2][0] is None and replies[2][1] == (400 if bad == b"\0\0\0\0" else 413)
+        assert c.closed_by_peer()
+    finally:
+        c.close()

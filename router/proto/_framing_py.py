@@ -11,6 +11,12 @@ from __future__ import annotations
 from .errors import FrameError
 
 
+def _bad(frames: list[bytes], message: str, status: int) -> FrameError:
+    exc = FrameError(message, status)
+    exc.frames = frames
+    return exc
+
+
 class FrameScanner:
     """Split a byte stream into frame bodies.
 
@@ -34,8 +40,9 @@ class FrameScanner:
         """Add ``data``; return the bodies of every frame it completed, in order.
 
         Raises:
-            FrameError: a zero-length frame (400) or one over ``max_frame`` (413).
-                The stream cannot be resynchronised after this.
+            FrameError: a zero-length frame (400) or one over ``max_frame`` (413),
+                with the frames completed before it in ``frames``. The stream
+                cannot be resynchronised after this.
         """
         buf = self._buf
         if buf:
@@ -48,9 +55,9 @@ class FrameScanner:
         while end - pos >= 4:
             n = int.from_bytes(data[pos:pos + 4], "big")
             if n == 0:
-                raise FrameError("frame length must be at least 1", 400)
+                raise _bad(frames, "frame length must be at least 1", 400)
             if n > self.max_frame:
-                raise FrameError(f"frame of {n} bytes exceeds the limit of {self.max_frame} bytes", 413)
+                raise _bad(frames, f"frame of {n} bytes exceeds the limit of {self.max_frame} bytes", 413)
             if end - pos - 4 < n:
                 break
             frames.append(data[pos + 4:pos + 4 + n])

@@ -54,9 +54,14 @@ class NoPreviousPool(RouterError):
 
 
 class FrameError(RouterError, ValueError):
-    """A length-prefixed frame or its msgpack envelope is malformed."""
+    """A length-prefixed frame or its msgpack envelope is malformed.
+
+    Raised by a frame scanner, ``frames`` holds the whole frames that arrived
+    before the bad header in the same read: a server answers them before it closes.
+    """
 
     status = 400
+    frames: list[bytes] = []  # noqa: RUF012 (set per instance by the scanners; never mutated)
 
 
 class HttpHeadError(RouterError, ValueError):
