@@ -93,12 +93,14 @@ class WorkerLink(asyncio.Protocol, Holding):
 
     def data_received(self, data: bytes) -> None:
         try:
-            frames = self._scanner.feed(data)
+            try:
+                frames = self._scanner.feed(data)
+            except FrameError as exc:
+                self.cork.run(self._replies, exc.frames)  # the replies before the bad frame are good
+                raise
+            self.cork.run(self._replies, frames)  # a batch of replies: one write to each pipelined client
         except FrameError as exc:
-            self.cork.run(self._replies, exc.frames)  # the replies before the bad frame are good
             self._corrupt(exc)
-            return
-        self.cork.run(self._replies, frames)  # a batch of replies: one write to each pipelined client
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
