@@ -7,6 +7,14 @@ With a token configured (``ROUTER_ADMIN_TOKEN`` or ``admin.token_file``) every
 ``/admin/`` request needs ``Authorization: Bearer <token>`` (401 without it,
 403 with a wrong one). Without a token only loopback callers are served, and
 ``router serve`` refuses to bind a non-loopback HTTP address at all.
+
+Browsers are kept out, so that no web page a developer visits can drive the
+router (cross-site requests, DNS rebinding): a request whose ``Origin`` is not
+the router's own is refused (403), every write must carry
+``Content-Type: application/json`` (415: a page can send a cross-site
+``text/plain`` POST without asking, but not a JSON one), and without a token
+the ``Host`` header must name a loopback address (403: a rebound DNS name
+reaches 127.0.0.1 but still says its own name).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .app import read_body
 from .config import Address, Config
-from .proto.errors import ConfigError, ReloadRefused, RouterError
+from .limits import Timeouts
+from .proto.errors import ConfigError, ReloadRefused, RouterError, shown
 
 if TYPE_CHECKING:
     from .control import ControlPlane
@@ -81,6 +91,33 @@ def _error(status: int, message: str) -> web.Response:
                         content_type="application/json")
 
 
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _host_name(host: str) -> str:
+    """``host[:port]`` or ``[v6][:port]`` -> the name or address alone."""
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def browser_refusal(request: web.Request, token: str | None) -> web.Response | None:
+    """The answer to a request a browser on another site may have sent, or None when it is not one."""
+    host = request.headers.get("Host", "")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.partition("://")[2].rstrip("/") != host:
+        return _error(403, f"cross-origin admin request refused (Origin {shown(origin)} is not this router)")
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        return _error(403, "cross-site admin request refused")
+    if token is None and not is_loopback(_host_name(host)):
+        return _error(403, f"Host {shown(host)} is not a loopback name: without an admin token the admin API "
+                           "answers only requests addressed to localhost")
+    if request.method in _WRITES and request.content_type != "application/json":
+        return _error(415, f"admin changes need 'Content-Type: application/json' (got "
+                           f"{shown(request.headers.get('Content-Type', 'none'))})")
+    return None
+
+
 def auth_middleware(token: str | None) -> Any:
     """aiohttp middleware of the admin sub-application (so inference never pays for it)."""
     expected = f"Bearer {token}".encode() if token else b""
@@ -90,12 +127,16 @@ def auth_middleware(token: str | None) -> Any:
         if token is None:
             if not is_loopback(request.remote):
                 return _error(403, "the admin API answers only loopback callers when no admin token is set")
-            return await handler(request)
-        given = request.headers.get("Authorization")
-        if given is None:
-            return _error(401, "missing 'Authorization: Bearer <token>' header")
-        if not hmac.compare_digest(given.encode(), expected):
-            return _error(403, "invalid admin token")
+        else:
+            given = request.headers.get("Authorization")
+            if given is None:
+                return _error(401, "missing 'Authorization: Bearer <token>' header")
+            # Undecodable bytes arrive as surrogate escapes: compared as the bytes they were, never a 500.
+            if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected):
+                return _error(403, "invalid admin token")
+        refused = browser_refusal(request, token)
+        if refused is not None:
+            return refused
         return await handler(request)
 
     return guard
@@ -109,7 +150,7 @@ def _traffic_body(body: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | No
     """
     unknown = sorted(set(body) - {"weights", "shadow"}) if isinstance(body, dict) else []
     if unknown:
-        raise ConfigError(f"unknown field {unknown[0]!r} (allowed: weights, shadow)")
+        raise ConfigError(f"unknown field {shown(unknown[0])} (allowed: weights, shadow)")
     if not isinstance(body, dict) or not body:
         raise ConfigError('body must be a JSON object like {"weights": {"1": 80, "2": 20}} '
                           'or {"shadow": {"3": 0.5}}, or both')
@@ -122,9 +163,14 @@ def _traffic_body(body: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | No
     return out[0], out[1]
 
 
+_MAX_BODY = 1 << 20  # an admin change is a few hundred bytes of JSON
+_TIMEOUTS = web.AppKey("timeouts", Timeouts)
+
+
 async def _json_body(request: web.Request) -> Any:
+    body = await read_body(request, _MAX_BODY, request.app[_TIMEOUTS])
     try:
-        return json.loads(await request.read())
+        return json.loads(body)
     except ValueError as exc:
         raise ConfigError(f"malformed JSON: {exc}") from None
 
@@ -174,9 +220,10 @@ class AdminHandlers:
         return web.json_response((await self.control.rollback(request.match_info["model"])).to_json())
 
 
-def make_admin_app(control: ControlPlane, token: str | None) -> web.Application:
+def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts) -> web.Application:
     """The ``/admin/`` sub-application over ``control``, guarded by :func:`auth_middleware`."""
     app = web.Application(middlewares=[auth_middleware(token), _errors])
+    app[_TIMEOUTS] = timeouts
     h = AdminHandlers(control)
     app.router.add_get("/models", h.models)
     app.router.add_get("/models/{model}/traffic", h.get_traffic)

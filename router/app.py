@@ -1,22 +1,29 @@
-"""The HTTP front: Open Inference Protocol v2 (JSON, binary tensors, msgpack bodies) and /metrics.
+"""The aiohttp application: what the hot-path front (:mod:`router.http`) hands over.
 
-The handlers read only the path, the headers and the body's length; the body
-goes to a worker as bytes and the worker's reply comes back as bytes.
+It serves the whole HTTP surface (OIP v2, ``/metrics``, the admin API) for the
+connections handed to it: a path the hot path does not take, a chunked body,
+a head the strict parser refuses. The handlers read only the path, the headers
+and the body; the body goes to a worker as bytes and the worker's reply comes
+back as bytes. Every error is ``{"error": ...}`` JSON, aiohttp's own included
+(:class:`FallbackHandler`), and a client's bad input is never logged as an error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from time import monotonic
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import oip
 from .lifecycle import Exchange
-from .proto.errors import InferenceError, PayloadTooLarge
+from .limits import Listener, Timeouts
+from .proto.errors import BadRequest, InferenceError, PayloadTooLarge, RequestTimeout, shown
 from .proto.link import FMT_MSGPACK
 
 if TYPE_CHECKING:
@@ -36,16 +43,97 @@ def error_response(status: int, message: str) -> web.Response:
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Turn aiohttp's HTML/text errors (404 route, 405, 413) into ``{"error"}`` bodies."""
+    """Turn aiohttp's HTML/text errors (404 route, 405, 413) into ``{"error"}`` bodies; close after each answer.
+
+    A handed-over connection is closed once answered: its next request goes to the
+    hot path again, and no second head is read here, where no head timeout runs.
+    """
     try:
-        return await handler(request)
+        resp = await handler(request)
     except web.HTTPRequestEntityTooLarge as exc:
-        return error_response(413, exc.text or "request body too large")
+        resp = error_response(413, exc.text or "request body too large")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        return error_response(exc.status, exc.reason if exc.text is None or exc.text.startswith(str(exc.status))
+        resp = error_response(exc.status, exc.reason if exc.text is None or exc.text.startswith(str(exc.status))
                               else exc.text)
+    resp.force_close()
+    return resp
+
+
+class FallbackHandler(RequestHandler):
+    """aiohttp's connection protocol for the connections the hot path hands over.
+
+    It keeps the listener's count of the connection, answers aiohttp's own errors
+    (a header line over 8,190 bytes, a malformed chunk) as ``{"error": ...}`` JSON, and
+    logs a client's bad input at debug level: only the router's own failures are errors.
+    """
+
+    def __init__(self, listener: Listener, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self.listener = listener
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.listener.release()
+        super().connection_lost(exc)
+
+    def no_linger(self) -> None:
+        """Close right after this answer: the rest of a stalled body is not waited for."""
+        self._lingering_time = 0.0
+
+    def handle_error(self, request: Any, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            log.error("error handling %s %s", request.method, shown(request.path), exc_info=exc)
+        else:
+            log.debug("bad request from %s: %s", request.remote, message or exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response has begun: no error response can follow")
+        text = HTTPStatus(status).phrase if status >= 500 or not message else message
+        resp = error_response(status, text[:500])
+        resp.force_close()
+        return resp
+
+
+def _no_linger(request: web.Request) -> None:
+    proto = request.protocol
+    if isinstance(proto, FallbackHandler):
+        proto.no_linger()
+
+
+async def read_body(request: web.Request, max_body: int, timeouts: Timeouts) -> bytes:
+    """The request's body, within ``max_body`` and the body timeout (a slow body must keep moving).
+
+    Raises:
+        PayloadTooLarge: over ``max_body``.
+        RequestTimeout: ``body_timeout_s`` + 1 s per ``body_min_rate`` bytes went by.
+        BadRequest: the body is malformed (a bad chunk, shorter than its length).
+    """
+    n = request.content_length
+    if n is not None and n > max_body:
+        raise PayloadTooLarge(f"body of {n} bytes exceeds the limit of {max_body} bytes")
+    content = request.content
+    chunks: list[bytes] = []
+    got = 0
+    start = monotonic()
+    while True:
+        left = timeouts.body + got / timeouts.body_rate - (monotonic() - start) if timeouts.body else None
+        if left is not None and left <= 0:
+            _no_linger(request)
+            raise RequestTimeout("request body not received in time (body timeout)")
+        try:
+            chunk = await asyncio.wait_for(content.readany(), left)
+        except TimeoutError:
+            _no_linger(request)
+            raise RequestTimeout("request body not received in time (body timeout)") from None
+        except web.RequestPayloadError as exc:
+            raise BadRequest(f"malformed request body: {exc}") from None
+        if not chunk:
+            return b"".join(chunks)
+        got += len(chunk)
+        if got > max_body:
+            raise PayloadTooLarge(f"body exceeds the limit of {max_body} bytes")
+        chunks.append(chunk)
 
 
 class Handlers:
@@ -56,14 +144,16 @@ class Handlers:
         answers: health and metadata answers.
         registry: the metrics served at ``/metrics``.
         max_body: largest body accepted (``server.max_body_bytes``).
+        timeouts: the body timeout (:mod:`router.limits`).
     """
 
     def __init__(self, lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegistry,
-                 max_body: int) -> None:
+                 max_body: int, timeouts: Timeouts) -> None:
         self.lifecycle = lifecycle
         self.answers = answers
         self.registry = registry
         self.max_body = max_body
+        self.timeouts = timeouts
         self.loop = asyncio.get_running_loop()
 
     @staticmethod
@@ -97,7 +187,7 @@ class Handlers:
         fut: asyncio.Future[tuple[int, int, bytes]] = self.loop.create_future()
         ex = Exchange(self.lifecycle, self, "http", fut)
         try:
-            body = await self._read(request)
+            body = await read_body(request, self.max_body, self.timeouts)
             headers = request.headers
             fmt, hlen = oip.body_format(headers.get(_HCL), headers.get("Content-Type", ""), len(body))
         except InferenceError as exc:
@@ -127,25 +217,16 @@ class Handlers:
         if not fut.done():
             fut.set_result((status, header_len, payload))
 
-    async def _read(self, request: web.Request) -> bytes:
-        n = request.content_length
-        if n is not None and n > self.max_body:
-            raise PayloadTooLarge(f"body of {n} bytes exceeds the limit of {self.max_body} bytes")
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise PayloadTooLarge(f"body exceeds the limit of {self.max_body} bytes") from None
-
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         body = generate_latest(self.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def make_app(lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegistry, max_body: int,
-             admin: web.Application) -> web.Application:
+             timeouts: Timeouts, admin: web.Application) -> web.Application:
     """The aiohttp application: OIP v2, ``/metrics``, and the ``admin`` sub-application under ``/admin/``."""
     app = web.Application(middlewares=[json_errors], client_max_size=max_body)
-    h = Handlers(lifecycle, answers, registry, max_body)
+    h = Handlers(lifecycle, answers, registry, max_body, timeouts)
     r = app.router
     r.add_get("/v2/health/live", h.live)
     r.add_get("/v2/health/ready", h.ready)

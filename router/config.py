@@ -204,6 +204,24 @@ class ServerConfig:
     shadow_flush_us: int = setting(1000, lo=0, hi=1_000_000, doc="how long shadow copies wait to go as a batch")
     keepalive_timeout_s: float = setting(3630.0, lo=0, doc="idle HTTP connections close after this; 0: never")
     busy_poll_us: int = setting(0, lo=0, hi=1_000_000, doc="poll sockets this long after a request; 0: never")
+    admin_http: Address | None = setting(None, doc="a second HTTP listener with a cap of its own, for probes, "
+                                                   "scrapes, the admin API and the UI; absent: none")
+    max_connections: int = setting(4096, lo=1, hi=1_000_000, doc="open connections per front; more close at once")
+    admin_max_connections: int = setting(256, lo=1, hi=1_000_000, doc="open connections on admin_http")
+    fd_reserve: int = setting(256, lo=16, hi=1_000_000,
+                              doc="file handles kept free of connections: worker restarts, files, the admin path")
+    head_timeout_s: float = setting(10.0, lo=0,
+                                    doc="time to receive a whole request head from its first byte; 0: never")
+    body_timeout_s: float = setting(10.0, lo=0,
+                                    doc="time a body may take, plus 1 s per body_min_rate bytes received; 0: never")
+    body_min_rate: int = setting(1024, lo=1, doc="bytes per second a slow body must keep up")
+    send_timeout_s: float = setting(30.0, lo=0,
+                                    doc="a client that reads none of its replies this long is cut off; 0: never")
+    msgpack_idle_timeout_s: float = setting(600.0, lo=0, doc="msgpack connections with no request in flight and no "
+                                                             "whole frame received this long close; 0: never")
+    hang_timeout_s: float = setting(3.0, lo=0, doc="a worker owing answers that has answered nothing this long leaves "
+                                                   "routing; 0: never")
+    hang_restart_s: float = setting(15.0, lo=0, doc="a worker hung this long is killed and restarted; 0: never")
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,7 +231,7 @@ class VersionConfig:
     TABLE: ClassVar[str] = "[[models.versions]]"
 
     version: str = setting(parse=_version_name, doc="the version's name; its directory in the store")
-    weight: float = setting(1.0, lo=0, default_from=_weight_default, check=_live_or_shadow, live=True,
+    weight: float = setting(1.0, lo=0, hi=1_000_000, default_from=_weight_default, check=_live_or_shadow, live=True,
                             doc="share of live traffic, relative to the other versions (0 for a shadow)")
     shadow: float = setting(0.0, lo=0, hi=1, live=True, doc="fraction of live traffic mirrored here")
     shadow_queue: int = setting(64, lo=1, hi=1_000_000, live=True, doc="most copies in flight to this version")
@@ -250,6 +268,9 @@ class ModelConfig:
     routing_key: str | None = setting(check=_lower, live=True, doc="header that keeps a caller on one version")
     versions: tuple[VersionConfig, ...] = setting(check=_versions, doc="the versions served")
     keep_previous_s: float = setting(300.0, lo=0, live=True, doc="how long the pool before a deploy stays warm")
+    # Applied by the workers (runtime/codecs/requests.py); a change restarts them (a deploy).
+    nonfinite: Literal["reject", "allow"] = setting("reject",
+                                                    doc="inputs holding NaN or Infinity: 400, or passed to the model")
 
     def version(self, v: str) -> VersionConfig | None:
         for vc in self.versions:
@@ -449,9 +470,13 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     """
     p = Path(path).resolve()
     try:
-        raw = tomllib.loads(p.read_text())
+        raw = tomllib.loads(p.read_bytes().decode())  # TOML is UTF-8 whatever the locale says
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:  # found by tests/fuzz (config_toml)
+        raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    except RecursionError:  # tomllib recurses per nesting level: `a = [[[...` 400 deep (tests/fuzz corpus)
+        raise ConfigError(f"{path}: TOML syntax error: arrays or tables nested too deeply") from None
     return parse_config(raw, p)

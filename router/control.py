@@ -22,7 +22,7 @@ from .config import Config, ModelConfig, VersionConfig, parse_model, parse_value
 from .configfile import plain_number
 from .deployments import Deployments
 from .metrics import Metrics
-from .proto.errors import ConfigError, ConfigFileError, DeployFailed, NotFound, ReloadRefused
+from .proto.errors import ConfigError, ConfigFileError, DeployFailed, NotFound, ReloadRefused, shown
 from .results import ReloadResult, StatusResult, SwapResult, TrafficResult
 from .routing import Pool, Routing
 from .state import ServerState
@@ -56,7 +56,7 @@ class ControlPlane:
     def _pool(self, model: str) -> Pool:
         pool = self.routing.active.get(model)
         if pool is None:
-            raise NotFound(f"unknown model {model!r}")
+            raise NotFound(f"unknown model {shown(model)}")
         return pool
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
@@ -150,7 +150,7 @@ class ControlPlane:
                     raise ConfigError(f"{section}.{version}: unknown version (the model has {', '.join(versions)})")
                 versions[version][key] = parse_value(VersionConfig, key, value, f"{section}.{version}")
         raw: dict[str, Any] = {"name": mc.name, "versions": list(versions.values()),
-                               "keep_previous_s": mc.keep_previous_s}
+                               "keep_previous_s": mc.keep_previous_s, "nonfinite": mc.nonfinite}
         if mc.routing_key is not None:
             raw["routing_key"] = mc.routing_key
         return parse_model(raw, "traffic")
@@ -216,7 +216,8 @@ class ControlPlane:
         """
         async with self.lock:
             old = self._pool(model).config
-            raw: dict[str, Any] = {"name": model, "versions": versions, "keep_previous_s": old.keep_previous_s}
+            raw: dict[str, Any] = {"name": model, "versions": versions, "keep_previous_s": old.keep_previous_s,
+                                   "nonfinite": old.nonfinite}
             if old.routing_key is not None:
                 raw["routing_key"] = old.routing_key
             mc = parse_model(raw, "deploy")

@@ -25,7 +25,7 @@ from .config import Config, ModelConfig, VersionConfig
 from .metrics import Metrics
 from .proto.errors import ConfigError, DeployFailed, NoPreviousPool
 from .proto.meta import MODEL_FILE, ModelMeta, read_meta
-from .replica import Replica
+from .replica import Replica, ReplicaState
 from .routing import Color, Pool, ReplicaSet, Routing
 from .shadow import ShadowTarget
 
@@ -34,10 +34,10 @@ log = logging.getLogger("router.deployments")
 
 class ReplicaFactory(Protocol):
     """Makes the (not yet started) replica ``index`` of a version: :class:`Replica` in the daemon,
-    in-process fakes in tests."""
+    in-process fakes in tests. ``nonfinite`` is the model's ``nonfinite`` policy."""
 
     def __call__(self, model: str, vc: VersionConfig, index: int, model_dir: Path,
-                 on_state: Callable[[Replica], None]) -> Replica: ...
+                 on_state: Callable[[Replica], None], *, nonfinite: str) -> Replica: ...
 
 
 def resolve_meta(store: Path, model: str, version: str, where: str) -> tuple[Path, ModelMeta]:
@@ -85,10 +85,10 @@ class Deployments:
             metrics.register_model(mc.name)
 
     def _process_replica(self, model: str, vc: VersionConfig, index: int, model_dir: Path,
-                         on_state: Callable[[Replica], None]) -> Replica:
+                         on_state: Callable[[Replica], None], *, nonfinite: str) -> Replica:
         s = self.config.server
         return Replica(model, vc, index, model_dir, s.max_body_bytes + 4096, s.worker_start_timeout_s, on_state,
-                       self.routing.cork)
+                       self.routing.cork, nonfinite=nonfinite)
 
     def _build(self, mc: ModelConfig, where: str, color: Color) -> Pool:
         """A pool of new (not yet started) workers for ``mc``, registered with the routing.
@@ -100,7 +100,8 @@ class Deployments:
         sets = {}
         for j, vc in enumerate(mc.versions):
             d, meta = resolve_meta(config.store_path, mc.name, vc.version, f"{where}.versions[{j}]")
-            reps = [self._factory(mc.name, vc, k, d, self._on_state) for k in range(vc.replicas)]
+            reps = [self._factory(mc.name, vc, k, d, self._on_state, nonfinite=mc.nonfinite)
+                    for k in range(vc.replicas)]
             sets[vc.version] = ReplicaSet(mc.name, vc, meta, reps)
         # Every version gets a target: any weight-0 version may become a shadow at runtime.
         r = self.routing
@@ -130,6 +131,8 @@ class Deployments:
         self.metrics.worker_up.labels(*labels).set(1 if replica.live else 0)
         if replica.restarts and replica.live:
             self.metrics.worker_restarts.labels(*labels).inc()
+        if replica.state is ReplicaState.HUNG:
+            self.metrics.worker_hangs.labels(*labels).inc()
 
     # -- start and stop ------------------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import oip
 from .httpparse import parse_head
 from .lifecycle import Exchange
+from .limits import Listener, Timeouts
 from .proto.errors import BadRequest, HttpHeadError
 from .proto.link import FMT_MSGPACK
 
@@ -40,9 +41,9 @@ log = logging.getLogger("router.http")
 
 _HIGH_WATER = 1 << 20  # stop reading while this much of a pipelined client's input waits
 _LINGER_S = 10.0  # longest wait for the rest of a refused body
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            413: "Payload Too Large", 500: "Internal Server Error", 503: "Service Unavailable",
-            504: "Gateway Timeout"}
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+            413: "Payload Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+            503: "Service Unavailable", 504: "Gateway Timeout"}
 _V2_MODELS = "/v2/models/"
 
 # What a request is, once its path is matched.
@@ -120,12 +121,14 @@ class HttpProtocol(asyncio.Protocol):
         answers: health and metadata answers.
         registry: the metrics served at ``/metrics``.
         max_body: largest body accepted (``server.max_body_bytes``).
-        fallback: makes the aiohttp protocol a connection is handed to.
+        fallback: makes the aiohttp protocol a connection is handed to (it takes over ``listener``'s count).
+        listener: the listener's connection count and cap (:mod:`router.limits`).
     """
 
     def __init__(self, lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegistry, max_body: int,
-                 fallback: Callable[[], asyncio.Protocol]) -> None:
+                 fallback: Callable[[], asyncio.Protocol], listener: Listener) -> None:
         self.lifecycle = lifecycle
+        self.listener = listener
         self.state: ServerState = lifecycle.state
         self.answers = answers
         self.registry = registry
@@ -145,15 +148,25 @@ class HttpProtocol(asyncio.Protocol):
         self._minor = 1
         #: When the connection last received bytes or answered (monotonic): the idle sweep reads it.
         self.last_seen = 0.0
+        # For the sweep (router.limits): when the head being received began, when its body
+        # began, when the client stopped reading replies. 0: not now.
+        self._head_since = 0.0
+        self._body_since = 0.0
+        self._write_paused_at = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.listener.admit():
+            transport.abort()  # type: ignore[attr-defined]  # at the cap: closed at once
+            return
         self.transport = transport  # type: ignore[assignment]
         self.last_seen = monotonic()
         self.state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.listener.release()
         self.transport = None
         self._buf = b""
         self.state.connections.discard(self)
@@ -161,15 +174,20 @@ class HttpProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client does not read its replies: stop reading its requests.
         self._writing_paused = True
+        self._write_paused_at = monotonic()
         if self.transport is not None and not self._paused:
             self.transport.pause_reading()
             self._paused = True
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        if self.transport is not None and self._paused and not self._busy:
-            self.transport.resume_reading()
-            self._paused = False
+        self._write_paused_at = 0.0
+        if self.transport is not None and not self._busy:
+            if self._buf and not self._processing:
+                self._process()  # the pipelined requests left waiting while the client read nothing
+            elif self._paused:
+                self.transport.resume_reading()
+                self._paused = False
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = monotonic()
@@ -197,7 +215,9 @@ class HttpProtocol(asyncio.Protocol):
         """Answer every whole request buffered, in order, until one is in flight."""
         self._processing = True
         try:
-            while self._buf and not self._busy and self.transport is not None:
+            # A client that reads no replies gets no more answered (pipelined cheap requests
+            # with costly answers, /metrics, must not hold the loop).
+            while self._buf and not self._busy and not self._writing_paused and self.transport is not None:
                 if not self._next():
                     break
         finally:
@@ -213,11 +233,18 @@ class HttpProtocol(asyncio.Protocol):
         if head is None:
             try:
                 parsed = parse_head(buf)
-            except HttpHeadError:
-                self._hand_off()
+            except HttpHeadError as exc:
+                if exc.status == 431:  # too long for aiohttp as well: answered here, in JSON
+                    self._minor, self._close = 1, True
+                    self._write(431, oip.error_body(str(exc)), close=True)
+                    return False
+                self._hand_off()  # aiohttp takes what the strict parser does not (and answers the rest)
                 return False
             if parsed is None:
+                if not self._head_since:
+                    self._head_since = self.last_seen
                 return False
+            self._head_since = 0.0
             end, method, target, minor, headers = parsed
             what = match(method, target)
             if what is None or "transfer-encoding" in headers or "upgrade" in headers:
@@ -241,6 +268,7 @@ class HttpProtocol(asyncio.Protocol):
             kind, model, version = what
             if len(buf) < end + length:
                 self._head = (end, kind, model, version, headers, minor, length)
+                self._body_since = self.last_seen
                 if expect is not None and self.transport is not None:
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return False  # the body is still arriving
@@ -348,6 +376,42 @@ class HttpProtocol(asyncio.Protocol):
     def idle(self) -> bool:
         """No request in flight (a partial one may be buffered: it counts as idle)."""
         return not self._busy
+
+    # -- limits (router.limits) ----------------------------------------------------------------------------
+
+    def overdue(self, now: float, t: Timeouts) -> str | None:
+        """Why the sweep must close this connection now, or None."""
+        if self.transport is None:
+            return None
+        if self._writing_paused and t.send and now - self._write_paused_at > t.send:
+            return "send_timeout"
+        if self._busy or self._discard:
+            return None  # the request's deadline and the refused body's linger bound these
+        head = self._head
+        if head is not None:
+            received = len(self._buf) - head[0]
+            if t.body and now - self._body_since > t.body + received / t.body_rate:
+                return "body_timeout"
+            return None
+        if self._buf and self._head_since and t.head and now - self._head_since > t.head:
+            return "head_timeout"
+        if t.keepalive and now - self.last_seen > t.keepalive:
+            return "idle"
+        return None
+
+    def time_out(self, reason: str) -> None:
+        """Close for ``reason``: a 408 naming the limit for a slow request, silently when idle."""
+        t = self.transport
+        if t is None:
+            return
+        if reason == "send_timeout":
+            t.abort()  # it reads nothing: a goodbye would only wait in the buffer
+            return
+        if reason != "idle":
+            what = "request head" if reason == "head_timeout" else "request body"
+            self._close = True
+            self._write(408, oip.error_body(f"{what} not received in time ({reason.replace('_', ' ')})"), close=True)
+        t.close()
 
     def _refuse_body(self, minor: int, unread: int, error: bytes) -> None:
         """413 at once, then read and drop the rest of the body before closing.

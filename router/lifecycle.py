@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .proto.errors import InferenceError
+from .proto.errors import InferenceError, shown
 from .worker_link import Call
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Lifecycle:
         ex.t0 = t0
         if pool is None:
             ex.answered = ""
-            self._refuse(ex, 404, f"unknown model {model!r}")
+            self._refuse(ex, 404, f"unknown model {shown(model)}")
             return None
         # A version label only ever names a configured version: never one a client invented.
         ex.answered = "" if version is None or version not in pool.versions else version

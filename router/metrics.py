@@ -65,6 +65,12 @@ class Metrics:
             ["model", "version", "replica", "pool"],
             registry=r,
         )
+        self.worker_hangs = Counter(
+            "router_worker_hangs",
+            "Workers taken out of routing because they owed answers and gave none for server.hang_timeout_s.",
+            ["model", "version", "replica", "pool"],
+            registry=r,
+        )
         self.active_pool = Gauge("router_active_pool", "1 for the model's active pool (blue or green).",
                                  ["model", "pool"], registry=r)
         self.previous_warm = Gauge("router_previous_pool_warm",

@@ -11,7 +11,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .proto.errors import BadRequest, NotFound
+from .proto.errors import BadRequest, NotFound, shown
 from .proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def body_format(header_length: str | None, content_type: str, size: int) -> tupl
             hlen = -1
         if not 0 <= hlen <= size:
             raise BadRequest(f"Inference-Header-Content-Length must be an integer in 0..{size} (the body length), "
-                             f"got {header_length!r}")
+                             f"got {shown(header_length)}")
         return FMT_BINARY, hlen
     return (FMT_MSGPACK if content_type.startswith(MSGPACK_TYPES) else FMT_JSON), 0
 
@@ -68,8 +68,11 @@ class Answers:
     def ready(self) -> tuple[int, bytes]:
         if self.state.draining:
             return 503, error_body("server is shutting down")
-        if not self.state.started or not self.routing.ready:
-            return 503, error_body("not every worker is live yet")
+        if not self.state.started:
+            return 503, error_body("starting: not every worker is live yet")
+        if not self.routing.ready:
+            down = sorted(name for name, pool in self.routing.active.items() if not len(pool.table))
+            return 503, error_body(f"model(s) with no live worker to route to: {', '.join(down)}")
         return 200, b""
 
     def server_metadata(self) -> tuple[int, bytes]:
@@ -78,12 +81,12 @@ class Answers:
     def _lookup(self, model: str, version: str | None) -> tuple[Pool, ReplicaSet | None]:
         pool = self.routing.active.get(model)
         if pool is None:
-            raise NotFound(f"unknown model {model!r}")
+            raise NotFound(f"unknown model {shown(model)}")
         if version is None:
             return pool, None
         replicas = pool.versions.get(version)
         if replicas is None:
-            raise NotFound(f"unknown version {version!r} of model {model!r}")
+            raise NotFound(f"unknown version {shown(version)} of model {model!r}")
         return pool, replicas
 
     def model_metadata(self, model: str, version: str | None) -> tuple[int, bytes]:

@@ -7,7 +7,7 @@ with the running configuration. Changes of traffic (weights, shadow fractions,
 shadow queues, routing keys, ``keep_previous_s``) are applied with one table
 swap per model, no worker restarted. A model whose workers must change
 (versions added or removed, a model file replaced, replicas, device, CPUs,
-threads, batching) is deployed blue-green. Models added or removed and
+threads, batching, the ``nonfinite`` policy) is deployed blue-green. Models added or removed and
 ``[server]`` / ``[store]`` / ``[admin]`` settings need a restart: a reload
 that contains such a change is refused as a whole, naming each one, and
 nothing changes.
@@ -19,7 +19,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import TRAFFIC_KEYS, Config, ModelConfig, VersionConfig, load_config
+from .config import TRAFFIC_KEYS, Config, ModelConfig, VersionConfig, load_config, settings
 from .proto.errors import ConfigError
 from .proto.meta import read_meta
 
@@ -89,10 +89,13 @@ def plan(running: Config, new: Config, digests: dict[tuple[str, str], str],
 def _model(old: ModelConfig, new: ModelConfig, digests: dict[tuple[str, str], str],
            running_digests: dict[tuple[str, str], str], live: list[str], deploy: list[str]) -> None:
     name = old.name
-    if old.routing_key != new.routing_key:
-        live.append(f"{name}: routing_key {old.routing_key!r} -> {new.routing_key!r}")
-    if old.keep_previous_s != new.keep_previous_s:
-        live.append(f"{name}: keep_previous_s {old.keep_previous_s:g} -> {new.keep_previous_s:g}")
+    # Every model-level key, from the fields: one added later is planned too, never silently ignored.
+    for key, (f, s) in settings(ModelConfig).items():
+        if key in ("name", "versions"):  # the same by construction; versions just below
+            continue
+        x, y = getattr(old, f.name), getattr(new, f.name)
+        if x != y:
+            (live if s.live else deploy).append(f"{name}: {key} {_show(x)} -> {_show(y)}")
     old_v = {v.version: v for v in old.versions}
     new_v = {v.version: v for v in new.versions}
     for v in sorted(old_v.keys() - new_v.keys()):
@@ -111,3 +114,7 @@ def _model(old: ModelConfig, new: ModelConfig, digests: dict[tuple[str, str], st
                 deploy.append(f"{name}/{v}: {f.name} {x!r} -> {y!r}")
         if digests.get((name, v)) != running_digests.get((name, v)):
             deploy.append(f"{name}/{v}: model file replaced (sha256 changed)")
+
+
+def _show(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else repr(value)

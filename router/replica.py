@@ -35,12 +35,14 @@ class ReplicaState(enum.Enum):
     """Where a replica is in its life. Transitions::
 
         NEW -> STARTING -> LIVE -> RESTARTING -> STARTING -> ...
+                           LIVE -> HUNG -> LIVE (it answers again) or -> RESTARTING (killed)
         any -> STOPPED (stop(); final)
     """
 
     NEW = "new"
     STARTING = "starting"
     LIVE = "live"
+    HUNG = "hung"  # owes answers and gave none for server.hang_timeout_s: out of routing
     RESTARTING = "restarting"
     STOPPED = "stopped"
 
@@ -57,11 +59,15 @@ class Replica:
         start_timeout: seconds to load the model and say hello.
         on_state: called with this replica whenever it becomes live or stops being live.
         cork: the router's write coalescing, shared by every link.
+        nonfinite: the model's policy for NaN and infinities in inputs (``ModelConfig.nonfinite``);
+            the worker applies it.
     """
 
     def __init__(self, model: str, vc: VersionConfig, index: int, model_dir: Path, max_frame: int,
-                 start_timeout: float, on_state: Callable[[Replica], None], cork: Cork | None = None) -> None:
+                 start_timeout: float, on_state: Callable[[Replica], None], cork: Cork | None = None, *,
+                 nonfinite: str = "reject") -> None:
         self.model = model
+        self.nonfinite = nonfinite
         self.cork = cork
         self.vc = vc
         self.index = index
@@ -147,6 +153,7 @@ class Replica:
             "--max-batch-size", str(vc.max_batch_size),
             "--max-batch-delay-us", str(vc.max_batch_delay_us),
             "--max-frame", str(self.max_frame),
+            "--nonfinite", self.nonfinite,
         ]
         if not vc.optimize:
             argv.append("--no-optimize")
@@ -158,14 +165,14 @@ class Replica:
         lost = loop.create_future()
 
         def on_lost(_: WorkerLink) -> None:
-            if self.live:
+            if self.state in (ReplicaState.LIVE, ReplicaState.HUNG):
                 self._enter(ReplicaState.RESTARTING)
             if not lost.done():
                 lost.set_result(None)
 
         try:
             _, link = await loop.create_unix_connection(
-                lambda: WorkerLink(self.name, self.max_frame, on_lost, self.cork), sock=ours)
+                lambda: WorkerLink(self.name, self.max_frame, on_lost, self.cork, self._resumed), sock=ours)
         except BaseException:
             ours.close()
             raise
@@ -190,6 +197,26 @@ class Replica:
         code = await self._reap()
         if self.state is not ReplicaState.STOPPED:
             log.warning("%s: worker pid %s exited with %s", self.name, self.pid, code)
+
+    def hang(self) -> None:
+        """The worker owes answers and has given none for ``server.hang_timeout_s``: take it out of routing."""
+        if self.state is ReplicaState.LIVE:
+            log.warning("%s: pid %s has answered nothing for too long with %d request(s) owed; out of routing "
+                        "until it answers", self.name, self.pid, self.outstanding)
+            self._enter(ReplicaState.HUNG)
+
+    def replace(self) -> None:
+        """Still hung after ``server.hang_restart_s``: kill it; supervision starts a new one."""
+        if self.state is ReplicaState.HUNG:
+            log.error("%s: pid %s still hung; killing it for a new worker", self.name, self.pid)
+            if self.link is not None:
+                self.link.lost_reason = "worker hung and was killed"
+            self._kill()
+
+    def _resumed(self, _link: WorkerLink) -> None:
+        if self.state is ReplicaState.HUNG:
+            log.warning("%s: answers again; back in routing", self.name)
+            self._enter(ReplicaState.LIVE)
 
     async def _warm_up(self, link: WorkerLink) -> None:
         fut: asyncio.Future[tuple[int, bytes]] = asyncio.get_running_loop().create_future()

@@ -10,8 +10,9 @@ Words, one meaning each:
   requests, and expires deadlines on every pool that still has workers.
 
 A pool's routing table lists only versions that have a live replica, so a
-version whose workers are all down stops receiving traffic at once and gets it
-back when a replica is live again. Tables are rebuilt (one assignment) on every
+version whose workers are all down (or hung: owing answers and giving none for
+``server.hang_timeout_s``) stops receiving traffic at once and gets it back when
+a replica is live again. Tables are rebuilt (one assignment) on every
 replica state change or traffic change, never per request.
 """
 
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Literal
 from .config import ModelConfig, VersionConfig
 from .cork import Cork
 from .poll import BusyPoll
-from .proto.errors import NotFound, WorkerUnavailable
+from .proto.errors import NotFound, WorkerUnavailable, shown
 from .proto.meta import ModelMeta
 from .splitter import MirrorTable, WeightTable
 from .worker_link import Call
@@ -154,10 +155,15 @@ class Routing:
         max_inflight: most requests one worker link holds (``server.max_inflight_per_worker``).
         cork: write coalescing shared by every link and the msgpack front.
         poll: busy polling after each request (idle forever when off).
+        hang_timeout: a worker owing answers that gave none for this long leaves routing (0: never).
+        hang_restart: one hung this much longer is killed and replaced (0: never).
     """
 
-    def __init__(self, timeout: float, max_inflight: int, cork: Cork, poll: BusyPoll) -> None:
+    def __init__(self, timeout: float, max_inflight: int, cork: Cork, poll: BusyPoll, hang_timeout: float = 0.0,
+                 hang_restart: float = 0.0) -> None:
         self.timeout = timeout
+        self.hang_timeout = hang_timeout
+        self.hang_restart = hang_restart
         self.max_inflight = max_inflight
         self.cork = cork
         self.poll = poll
@@ -187,7 +193,7 @@ class Routing:
         else:
             s = pool.versions.get(version)
             if s is None:
-                raise NotFound(f"unknown version {version!r} of model {pool.name!r}")
+                raise NotFound(f"unknown version {shown(version)} of model {pool.name!r}")
             chosen = s
         replica = chosen.pick()
         if replica is None:
@@ -204,20 +210,41 @@ class Routing:
         return chosen.version
 
     def expire(self, now: float) -> bool:
-        """Answer 504 to the calls past their deadline; True while any call, live or copy, is in flight."""
+        """Answer 504 to the calls past their deadline, and take hung workers out of routing;
+        True while any call, live or copy, is in flight."""
         busy = False
+        hang = self.hang_timeout
         for pool in self.pools:  # every 5 ms under load: no list built for it
             for r in pool.replicas:
                 link = r.link
-                if link is not None and link.pending:
+                if link is None:
+                    continue
+                if link.pending:
                     link.expire(now)
                     busy = busy or bool(link.pending)
+                # owed_from - timeout: when the oldest request it owes since its last answer was sent.
+                if hang and link.owed_from and now - (link.owed_from - self.timeout) > hang:
+                    self._hung(r, now)
         return busy
+
+    def _hung(self, replica: Replica, now: float) -> None:
+        link = replica.link
+        assert link is not None
+        if not link.hung:
+            link.hung, link.hung_since = True, now
+            replica.hang()  # its state changes: the tables are rebuilt without it
+        elif self.hang_restart and now - link.hung_since > self.hang_restart:
+            link.hung_since = float("inf")  # once
+            replica.replace()
 
     @property
     def ready(self) -> bool:
-        """Every version of every active pool has a live replica."""
-        return all(p.ready for p in self.active.values())
+        """Every model can serve: its active pool routes to at least one live version.
+
+        One replica restarting while another replica or version serves keeps the server
+        ready: readiness takes the whole pod out of a Kubernetes Service, every model with it.
+        """
+        return all(len(p.table) > 0 for p in self.active.values())
 
     @property
     def shadow_outstanding(self) -> int:

@@ -16,13 +16,14 @@ import time
 from aiohttp import web
 
 from .admin import make_admin_app
-from .app import make_app
-from .config import Config
+from .app import FallbackHandler, make_app
+from .config import Address, Config
 from .control import ControlPlane
 from .cork import Cork
 from .deployments import Deployments, ReplicaFactory
 from .http import HttpProtocol
 from .lifecycle import Lifecycle
+from .limits import ConnectionMetrics, Listener, Timeouts, fit_caps, sweep
 from .metrics import Metrics
 from .oip import Answers
 from .poll import BusyPoll
@@ -53,7 +54,7 @@ class Server:
         self.metrics = metrics or Metrics()
         self.state = ServerState()
         self.routing = Routing(s.request_timeout_ms / 1000, s.max_inflight_per_worker, Cork(),
-                               BusyPoll(s.busy_poll_us / 1e6))
+                               BusyPoll(s.busy_poll_us / 1e6), s.hang_timeout_s, s.hang_restart_s)
         self.deployments = Deployments(config, self.routing, self.metrics, replica_factory)
         self.lifecycle = Lifecycle(self.routing, self.metrics, self.state)
         self.control = ControlPlane(self.deployments, self.routing, self.metrics, self.state)
@@ -64,6 +65,10 @@ class Server:
         self._runner: web.AppRunner | None = None
         self._wire: asyncio.Server | None = None
         self._http: asyncio.Server | None = None
+        #: Each listener's connection count and cap (router.limits): http, msgpack, admin_http.
+        self.listeners: dict[str, Listener] = {}
+        self.metrics.registry.register(ConnectionMetrics(self.listeners.values()))
+        self._admin_http: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._idle_sweeper: asyncio.Task[None] | None = None
         self._reloads: set[asyncio.Task[None]] = set()
@@ -98,29 +103,33 @@ class Server:
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(), name="deadline sweeper")
         s = self.config.server
-        if s.keepalive_timeout_s > 0:
-            self._idle_sweeper = loop.create_task(self._sweep_idle(), name="idle connection sweeper")
-        registry = self.metrics.registry
+        timeouts = Timeouts.of(s)
+        self._idle_sweeper = loop.create_task(sweep(self.state, timeouts), name="connection sweeper")
+        wanted = {name: cap for name, address, cap in (("http", s.http, s.max_connections),
+                                                       ("msgpack", s.msgpack, s.max_connections),
+                                                       ("admin_http", s.admin_http, s.admin_max_connections))
+                  if address is not None}
+        for name, cap in fit_caps(wanted, s.fd_reserve).items():
+            self.listeners[name] = Listener(name, cap)
         try:
-            if s.http is not None:
+            if s.http is not None or s.admin_http is not None:
                 # aiohttp serves what the hot-path protocol hands it: admin API, chunked bodies, ...
-                app = make_app(self.lifecycle, self.answers, registry, s.max_body_bytes,
-                               make_admin_app(self.control, self.admin_token))
+                app = make_app(self.lifecycle, self.answers, self.metrics.registry, s.max_body_bytes, timeouts,
+                               make_admin_app(self.control, self.admin_token, timeouts))
                 self._runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                              keepalive_timeout=s.keepalive_timeout_s)
                 await self._runner.setup()
-                fallback = self._runner.server
-                assert fallback is not None
-                self._http = await loop.create_server(
-                    lambda: HttpProtocol(self.lifecycle, self.answers, registry, s.max_body_bytes, fallback),
-                    s.http.host, s.http.port, reuse_address=True, backlog=1024)
-                host, port = self._http.sockets[0].getsockname()[:2]
-                log.info("HTTP (Open Inference Protocol v2) on http://%s:%d", host, port)
+            if s.http is not None:
+                self._http = await self._serve_http("http", s.http, "HTTP (Open Inference Protocol v2)")
+            if s.admin_http is not None:
+                self._admin_http = await self._serve_http("admin_http", s.admin_http,
+                                                          "HTTP for probes, metrics and the admin API")
             if s.msgpack is not None:
-                self._wire = await loop.create_server(lambda: WireProtocol(self.lifecycle, s.max_body_bytes),
+                wire = self.listeners["msgpack"]
+                self._wire = await loop.create_server(lambda: WireProtocol(self.lifecycle, s.max_body_bytes, wire),
                                                       s.msgpack.host, s.msgpack.port, reuse_address=True)
                 host, port = self._wire.sockets[0].getsockname()[:2]
-                log.info("msgpack TCP on %s:%d", host, port)
+                log.info("msgpack TCP on %s:%d (at most %d connections)", host, port, wire.cap)
         except OSError:
             await self.stop()
             raise
@@ -145,16 +154,22 @@ class Server:
             await asyncio.sleep(_SWEEP_S if busy else idle_s)
             busy = routing.expire(time.monotonic())
 
-    async def _sweep_idle(self) -> None:
-        """Close HTTP connections idle for ``keepalive_timeout_s`` (handed-off ones: aiohttp does it)."""
-        timeout = self.config.server.keepalive_timeout_s
-        while True:
-            await asyncio.sleep(min(timeout / 4, 5.0))
-            stale = time.monotonic() - timeout
-            for conn in list(self.state.connections):
-                if isinstance(conn, HttpProtocol) and conn.idle and conn.last_seen < stale \
-                        and conn.transport is not None:
-                    conn.transport.close()
+    async def _serve_http(self, name: str, address: Address, what: str) -> asyncio.Server:
+        """An HTTP listener: the hot-path protocol, handing what it does not take to the aiohttp application."""
+        assert self._runner is not None and self._runner.server is not None
+        manager, s, loop = self._runner.server, self.config.server, asyncio.get_running_loop()
+        listener = self.listeners[name]
+
+        def fallback() -> FallbackHandler:  # takes over the connection and its place in the count
+            return FallbackHandler(listener, manager, loop=loop, keepalive_timeout=s.keepalive_timeout_s)
+
+        server = await loop.create_server(
+            lambda: HttpProtocol(self.lifecycle, self.answers, self.metrics.registry, s.max_body_bytes, fallback,
+                                 listener),
+            address.host, address.port, reuse_address=True, backlog=1024)
+        host, port = server.sockets[0].getsockname()[:2]
+        log.info("%s on http://%s:%d (at most %d connections)", what, host, port, listener.cap)
+        return server
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT, then shut down cleanly."""
@@ -177,10 +192,9 @@ class Server:
         routing = self.routing
         routing.poll.close()
         routing.stop_mirroring()
-        if self._wire is not None:
-            self._wire.close()
-        if self._http is not None:
-            self._http.close()
+        for listening in (self._wire, self._http, self._admin_http):
+            if listening is not None:
+                listening.close()
         deadline = time.monotonic() + self.config.server.drain_timeout_s
         # Listeners close first; in-flight requests keep their connections.
         while routing.in_flight and time.monotonic() < deadline:
@@ -196,10 +210,10 @@ class Server:
             await self._runner.cleanup()
             self._runner = None
         self.state.close_connections()
-        for listener in (self._wire, self._http):
-            if listener is not None:
-                await listener.wait_closed()
-        self._wire = self._http = None
+        for listening in (self._wire, self._http, self._admin_http):
+            if listening is not None:
+                await listening.wait_closed()
+        self._wire = self._http = self._admin_http = None
         for task in (self._sweeper, self._idle_sweeper, *self._reloads):
             if task is not None:
                 task.cancel()

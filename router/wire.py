@@ -16,6 +16,7 @@ import msgpack
 
 from .cork import Holding
 from .lifecycle import Exchange
+from .limits import Listener, Timeouts
 from .proto.errors import FrameError
 from .proto.framing import FrameScanner, pack_header, parse_request
 from .proto.link import FMT_MSGPACK
@@ -54,10 +55,12 @@ class WireProtocol(asyncio.Protocol, Holding):
     Args:
         lifecycle: what every request does once parsed.
         max_body: largest frame accepted (``server.max_body_bytes``).
+        listener: the listener's connection count and cap (:mod:`router.limits`).
     """
 
-    def __init__(self, lifecycle: Lifecycle, max_body: int) -> None:
+    def __init__(self, lifecycle: Lifecycle, max_body: int, listener: Listener) -> None:
         self.lifecycle = lifecycle
+        self.listener = listener
         self.state = lifecycle.state
         self.scanner = FrameScanner(max_body)
         self.transport: asyncio.Transport | None = None
@@ -67,22 +70,33 @@ class WireProtocol(asyncio.Protocol, Holding):
         self.cork = lifecycle.routing.cork
         self._held: list[bytes] = []
         self._last: bytes | None = None  # the error reply a malformed frame gets, once in-flight ones are answered
+        #: When the last whole frame arrived, or (as the sweep saw) a request was last in flight.
+        self.last_frame = 0.0
+        self._write_paused_at = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not self.listener.admit():
+            transport.abort()  # type: ignore[attr-defined]  # at the cap: closed at once
+            return
         self.transport = transport  # type: ignore[assignment]
+        self.last_frame = monotonic()
         self.state.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.listener.release()
         self.transport = None
         self.state.connections.discard(self)
 
     def pause_writing(self) -> None:
         # The client reads slower than it sends: stop reading its requests.
+        self._write_paused_at = monotonic()
         if self.transport is not None:
             self.transport.pause_reading()
             self._paused = True
 
     def resume_writing(self) -> None:
+        self._write_paused_at = 0.0
         if self.transport is not None and self._paused:
             self.transport.resume_reading()
             self._paused = False
@@ -110,6 +124,7 @@ class WireProtocol(asyncio.Protocol, Holding):
                 self._fatal(exc)
                 return
             self.in_flight += 1
+            self.last_frame = t0
             lifecycle.submit(Exchange(lifecycle, self, "msgpack", rid), model, version, key, FMT_MSGPACK, 0,
                              body[offset:], t0)
 
@@ -124,6 +139,25 @@ class WireProtocol(asyncio.Protocol, Holding):
             if self._last is not None and not self.in_flight:
                 self._close_with_last()
         self.lifecycle.written(ex, status, 0, payload)
+
+    def overdue(self, now: float, t: Timeouts) -> str | None:
+        """Why the sweep must close this connection now (:mod:`router.limits`), or None."""
+        if self.transport is None:
+            return None
+        if self._write_paused_at and t.send and now - self._write_paused_at > t.send:
+            return "send_timeout"
+        if self.in_flight:
+            self.last_frame = now  # idle time counts from the last answer, to the sweep's precision
+            return None
+        if t.msgpack_idle and now - self.last_frame > t.msgpack_idle:
+            return "idle"
+        return None
+
+    def time_out(self, reason: str) -> None:
+        """Close for ``reason``: nothing is in flight, so nothing is lost (a stalled reader is cut off)."""
+        t = self.transport
+        if t is not None:
+            t.abort() if reason == "send_timeout" else t.close()
 
     def _write(self, frame: bytes) -> None:
         t = self.transport

@@ -68,10 +68,11 @@ class WorkerLink(asyncio.Protocol, Holding):
         max_frame: largest frame the worker may send.
         on_lost: called once with this link when the socket closes.
         cork: the router's write coalescing, shared by every link and the msgpack front.
+        on_resume: called with this link when a worker marked :attr:`hung` answers again.
     """
 
     def __init__(self, name: str, max_frame: int, on_lost: Callable[[WorkerLink], None],
-                 cork: Cork | None = None) -> None:
+                 cork: Cork | None = None, on_resume: Callable[[WorkerLink], None] | None = None) -> None:
         self.name = name
         self.cork = cork if cork is not None else Cork()
         self._held: list[bytes] = []
@@ -82,9 +83,17 @@ class WorkerLink(asyncio.Protocol, Holding):
         #: The shadow copies held for this link's next write (:class:`router.shadow.CopyBatch`).
         self.copies: Any = None
         self.lost_reason = ""
+        #: The deadline of the oldest call the worker has owed since it last answered anything
+        #: (0: it owes nothing). Expiry leaves it: a worker that answers nothing stays suspect.
+        #: The routing's sweep reads it to find hung workers; no clock is read per request for it.
+        self.owed_from = 0.0
+        #: Set by the routing when the worker answered nothing for ``server.hang_timeout_s``.
+        self.hung = False
+        self.hung_since = 0.0
         self._scanner = FrameScanner(max_frame)
         self._next = 1
         self._on_lost = on_lost
+        self._on_resume = on_resume
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------------
 
@@ -123,6 +132,12 @@ class WorkerLink(asyncio.Protocol, Holding):
             elif rid == 0 and status == STATUS_HELLO and not self.hello.done():
                 self.hello.set_result(msgpack.unpackb(payload))
             # else: the reply of a request already answered 504: dropped.
+        # It answered: it owes only what is still pending, from the oldest of those on.
+        self.owed_from = next(iter(pending.values())).deadline if pending else 0.0
+        if self.hung:
+            self.hung = False
+            if self._on_resume is not None:
+                self._on_resume(self)
 
     def _corrupt(self, exc: FrameError) -> None:
         log.error("%s: corrupt frame from worker (%s); dropping the link", self.name, exc)
@@ -140,6 +155,8 @@ class WorkerLink(asyncio.Protocol, Holding):
         if t is None:
             call.done(503, 0, f"{self.name}: worker not connected".encode())
             return
+        if not self.owed_from:
+            self.owed_from = call.deadline
         self.pending[rid] = call
         if self.cork.depth:  # more requests of the same read follow: write them together
             if len(payload) < _BIG:
@@ -156,6 +173,8 @@ class WorkerLink(asyncio.Protocol, Holding):
         """File ``call`` under a fresh id whose frame the caller writes itself (shadow copies)."""
         rid = self._next
         self._next = rid + 1 if rid < 0xFFFFFFFF else 1
+        if not self.owed_from:
+            self.owed_from = call.deadline
         self.pending[rid] = call
         return rid
 
@@ -180,6 +199,7 @@ class WorkerLink(asyncio.Protocol, Holding):
     def fail_all(self, status: int, reason: str) -> None:
         """Answer every pending call with ``status`` and ``reason``."""
         pending, self.pending = self.pending, {}
+        self.owed_from = 0.0
         msg = reason.encode()
         for call in pending.values():
             call.done(status, 0, msg)

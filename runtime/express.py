@@ -51,21 +51,23 @@ class Express:
     Args:
         model: the worker's model; it must have one input and one output
             (:class:`SimpleMsgpack` raises ValueError otherwise).
+        nonfinite: the model's policy for NaN and infinities in its input
+            (:data:`runtime.codecs.requests.NONFINITE`).
     """
 
     __slots__ = ("forward", "codec", "answered")
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: Model, nonfinite: str = "reject") -> None:
         self.forward = model.forward
-        self.codec = SimpleMsgpack(model.meta)
+        self.codec = SimpleMsgpack(model.meta, nonfinite)
         #: Requests answered here, for tests and curiosity.
         self.answered = 0
 
     @classmethod
-    def of(cls, model: Model) -> Express | None:
+    def of(cls, model: Model, nonfinite: str = "reject") -> Express | None:
         """An express path for ``model``, or None when it does not have one input and one output."""
         try:
-            return cls(model)
+            return cls(model, nonfinite)
         except ValueError:
             return None
 
@@ -110,13 +112,21 @@ class SimpleMsgpack:
     map. Replies are built the same way: the bytes before the output data,
     per output shape.
 
+    Under the ``"reject"`` policy an FP input holding a NaN or an infinity
+    decodes to None: the general path answers the 400 that names it.
+
+    Args:
+        meta: the model's signature.
+        nonfinite: the model's policy for NaN and infinities in its input
+            (``"allow"`` takes them; anything else leaves them to the general path).
+
     Raises:
         ValueError: the model does not have one input (not boolean) and one output.
     """
 
-    __slots__ = ("_only", "_parts", "_dtype", "_in_dtype", "_layouts", "_replies")
+    __slots__ = ("_only", "_parts", "_dtype", "_in_dtype", "_finite", "_layouts", "_replies")
 
-    def __init__(self, meta: ModelMeta) -> None:
+    def __init__(self, meta: ModelMeta, nonfinite: str = "reject") -> None:
         plan = plan_of(meta)
         if plan.only is None or plan.reply_parts is None:
             raise ValueError(f"model {meta.name!r} does not have one input and one output")
@@ -124,6 +134,8 @@ class SimpleMsgpack:
         self._parts = plan.reply_parts
         self._dtype = plan.out_dtypes[0]
         self._in_dtype = plan.only[3]
+        #: Whether decoded inputs must be finite: an FP input under a policy other than "allow".
+        self._finite = nonfinite != "allow" and bool(plan.float_inputs)
         #: body length -> (the bytes before the data, the input's shape), or None: not a layout to take
         self._layouts: dict[int, tuple[bytes, list[int]] | None] = {}
         #: output shape -> the reply's bytes before the data (requests without an id)
@@ -133,12 +145,16 @@ class SimpleMsgpack:
         """``(id, input)`` of the common request, or None for anything else (errors included)."""
         layout = self._layouts.get(len(payload), _NEW)
         if layout is not None and layout is not _NEW and payload.startswith(layout[0]):
-            return None, np.ndarray(layout[1], self._in_dtype, payload[len(layout[0]):])
-        one = self._decode(payload)
-        # The first layout of a length stays: bodies of another layout of that length, or of
-        # one that cannot be remembered, are decoded in full, never learned again and again.
-        if layout is _NEW and one is not None and one[0] is None and len(self._layouts) < _MAX_LAYOUTS:
-            self._layouts[len(payload)] = self._learn(payload, one[1])
+            one: tuple[str | None, np.ndarray] | None = (
+                None, np.ndarray(layout[1], self._in_dtype, payload[len(layout[0]):]))
+        else:
+            one = self._decode(payload)
+            # The first layout of a length stays: bodies of another layout of that length, or of
+            # one that cannot be remembered, are decoded in full, never learned again and again.
+            if layout is _NEW and one is not None and one[0] is None and len(self._layouts) < _MAX_LAYOUTS:
+                self._layouts[len(payload)] = self._learn(payload, one[1])
+        if one is not None and self._finite and not np.isfinite(one[1]).all():
+            return None  # the general path answers 400, naming the input and the policy
         return one
 
     def _decode(self, payload: bytes) -> tuple[str | None, np.ndarray] | None:

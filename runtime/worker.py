@@ -60,6 +60,8 @@ class WorkerSpec:
     max_batch_delay_us: int
     max_frame: int
     optimize: bool = True
+    #: The model's policy for NaN and infinities in FP inputs: "reject" (400) or "allow".
+    nonfinite: str = "reject"
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -88,7 +90,7 @@ class Worker:
         self.delay = spec.max_batch_delay_us / 1e6
         self.out: list[bytes] = []
         #: Lone msgpack requests skip the general path; not when a batching window should wait for more.
-        self.express = Express.of(model) if not spec.max_batch_delay_us else None
+        self.express = Express.of(model, spec.nonfinite) if not spec.max_batch_delay_us else None
         # Wait for requests in poll(), not in a blocking recv(): when the router reads a
         # reply, the kernel signals "writable" on this socket's wait queue, which wakes a
         # task blocked in recv() for nothing (one extra switch to the worker and back, in
@@ -128,7 +130,7 @@ class Worker:
             elif kind & SHADOW:
                 req = self._decode_shadow(kind & ~SHADOW, payload, hlen)
             else:
-                req = decode_request(kind, payload, hlen, self.meta)
+                req = decode_request(kind, payload, hlen, self.meta, self.spec.nonfinite)
         except RouterError as exc:
             self._queue((rid, exc.status, 0, str(exc).encode()))
             return
@@ -143,7 +145,7 @@ class Worker:
             body, reply, reply_hlen = link.split_shadow(payload)
         except FrameError as exc:
             raise InternalError(f"shadow copy: {exc}") from None
-        req = decode_request(fmt, body, hlen, self.meta)
+        req = decode_request(fmt, body, hlen, self.meta, self.spec.nonfinite)
         req.live = decode_reply(fmt, reply, reply_hlen)
         return req
 

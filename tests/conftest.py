@@ -202,7 +202,8 @@ WORKER_PRELOAD = {"ROUTER_WORKER_PRELOAD": "modelkit.fixture_ops"}
 class Daemon:
     """A running ``router serve`` subprocess (its workers preload :data:`WORKER_PRELOAD` unless ``env`` says)."""
 
-    def __init__(self, config: Path, http_port: int, wire_port: int, env: dict[str, str]) -> None:
+    def __init__(self, config: Path, http_port: int, wire_port: int, env: dict[str, str],
+                 nofile: tuple[int, int] | None = None) -> None:
         env = {**WORKER_PRELOAD, **env}
         self.config = config
         self.http_port = http_port
@@ -215,6 +216,8 @@ class Daemon:
             [sys.executable, "-m", "router", "serve", "--config", str(config),
              "--http", self.http, "--msgpack", f"127.0.0.1:{wire_port}"],
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+            # A file-handle limit of its own (soft, hard), as `ulimit -n` would set.
+            preexec_fn=None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile),
         )
         self.workers: list[int] = []
         self.signalled = False
@@ -294,15 +297,16 @@ class Daemon:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path, store: Path) -> Iterator[Callable[..., Daemon]]:
-    """Factory: ``start_daemon(models=[...], env={...}, **server_keys)`` -> a ready :class:`Daemon`."""
+    """Factory: ``start_daemon(models=[...], env={...}, nofile=(soft, hard), **server_keys)`` -> a ready
+    :class:`Daemon`."""
     started: list[Daemon] = []
 
     def start(models: list[dict] | None = None, env: dict[str, str] | None = None, wait: bool = True,
-              **server: object) -> Daemon:
+              nofile: tuple[int, int] | None = None, **server: object) -> Daemon:
         cfg = write_config(tmp_path / f"config{len(started)}.toml", store, models or [FRAUD], **server)
         e = dict(os.environ)
         e.update(env or {})
-        d = Daemon(cfg, free_port(), free_port(), e)
+        d = Daemon(cfg, free_port(), free_port(), e, nofile)
         started.append(d)
         if wait:
             d.wait_ready()

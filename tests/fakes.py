@@ -111,11 +111,13 @@ class FakeReplica:
 
     Args:
         fail_warmup: the warm-up is answered 500 (a model that cannot load).
+        nonfinite: the model's policy the real worker would be started with (kept, not applied).
     """
 
     def __init__(self, model: str, vc: Any, index: int, model_dir: Path, on_state: Callable[[Any], None],
-                 answer: Answer = echo_version, fail_warmup: bool = False) -> None:
+                 answer: Answer = echo_version, fail_warmup: bool = False, nonfinite: str = "reject") -> None:
         self.model = model
+        self.nonfinite = nonfinite
         self.vc = vc
         self.index = index
         self.model_dir = model_dir
@@ -128,6 +130,7 @@ class FakeReplica:
         self.state = ReplicaState.NEW
         self.info: dict = {"device": vc.device, "cpus": list(vc.cpus)}
         self.restarts = 0
+        self.replaced = False
         self.pid: int | None = None
 
     @property
@@ -147,7 +150,7 @@ class FakeReplica:
     def start(self) -> asyncio.Future[None]:
         loop = asyncio.get_running_loop()
         ready: asyncio.Future[None] = loop.create_future()
-        self.link = WorkerLink(self.name, 1 << 30, self._lost)
+        self.link = WorkerLink(self.name, 1 << 30, self._lost, on_resume=self._resumed)
         self.worker = FakeWorker(self.link, self.vc.version, self.answer)
         self.link.connection_made(FakeTransport(self.worker))
         self._set(ReplicaState.STARTING)
@@ -166,6 +169,21 @@ class FakeReplica:
     def _lost(self, _link: WorkerLink) -> None:
         if self.state is not ReplicaState.STOPPED:
             self._set(ReplicaState.RESTARTING)
+
+    def hang(self) -> None:
+        """As :meth:`router.replica.Replica.hang`: out of routing while it owes answers."""
+        if self.state is ReplicaState.LIVE:
+            self._set(ReplicaState.HUNG)
+
+    def replace(self) -> None:
+        """As :meth:`router.replica.Replica.replace`: the hung worker is killed (a new one is the supervisor's)."""
+        if self.state is ReplicaState.HUNG:
+            self.replaced = True
+            self.kill()
+
+    def _resumed(self, _link: WorkerLink) -> None:
+        if self.state is ReplicaState.HUNG:
+            self._set(ReplicaState.LIVE)
 
     async def stop(self) -> None:
         self._set(ReplicaState.STOPPED)
@@ -203,8 +221,9 @@ class Replicas:
         self.made: list[FakeReplica] = []
 
     def __call__(self, model: str, vc: Any, index: int, model_dir: Path,
-                 on_state: Callable[[Any], None]) -> FakeReplica:
-        r = FakeReplica(model, vc, index, model_dir, on_state, self.answer, vc.version in self.fail_warmup)
+                 on_state: Callable[[Any], None], *, nonfinite: str = "reject") -> FakeReplica:
+        r = FakeReplica(model, vc, index, model_dir, on_state, self.answer, vc.version in self.fail_warmup,
+                        nonfinite)
         self.made.append(r)
         return r
 

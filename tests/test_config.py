@@ -204,7 +204,7 @@ def test_types_come_from_the_field(tp, value, words):
 
 def test_literal_fields_take_their_choices_from_the_type():
     literals = [(cls, k, get_args(tp)) for cls in TABLES for k, _, _, tp in keys(cls) if get_origin(tp) is Literal]
-    assert [k for _, k, _ in literals] == ["shadow_priority"]
+    assert [k for _, k, _ in literals] == ["shadow_priority", "nonfinite"]
     for cls, key, choices in literals:
         doc, path = place(cls, key, "bogus")
         with pytest.raises(ConfigError) as e:

@@ -88,7 +88,10 @@ def test_random_versions_over_every_front_leave_the_metrics_series_unchanged(tmp
             fallback = [f"/v2/models/fraud/versions/%41{random_version(rng)}/infer" for _ in range(N * 2 // 10)]
             wire = [random_version(rng) for _ in range(N * 4 // 10)]
             assert await http_requests(http_port, hot) == [404] * len(hot)
-            assert await http_requests(http_port, fallback) == [404] * len(fallback)
+            # aiohttp closes a handed-over connection once answered: one connection each.
+            for i in range(0, len(fallback), 50):
+                batch = [http_requests(http_port, [p]) for p in fallback[i:i + 50]]
+                assert await asyncio.gather(*batch) == [[404]] * len(batch)
             assert await msgpack_requests(wire_port, wire) == [404] * len(wire)
             after = samples(s)
             assert after == before, sorted(after - before)[:5]

@@ -36,8 +36,9 @@ _HEADERS: dict[str, dict[str, str]] = {
 
 
 def _dumps(obj: Any) -> bytes:
-    # ASCII-only output: the header length in characters is its length in bytes.
-    return json.dumps(obj, separators=(",", ":")).encode()
+    # ASCII-only output: the header length in characters is its length in bytes. Strict JSON:
+    # NaN and infinities go as the strings json_tensors writes, never as bare tokens.
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
 def model_path(prefix: str, model: str, version: str | None, suffix: str = "") -> str:

@@ -3,6 +3,10 @@
 Everything on the wire is little-endian, C order, no padding (docs/protocol.md,
 OIP binary tensor extension); :func:`to_wire` makes an array so, copying only
 when it is not already.
+
+JSON has no number for NaN or the infinities: JSON data carries them as the
+strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (the proto3 JSON mapping of
+floats, as the server writes them), both ways.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ import numpy as np
 
 from ..proto.meta import DATATYPES
 
-__all__ = ["to_wire", "raw_bytes", "from_buffer", "from_json", "json_tensors", "binary_tensors",
+__all__ = ["to_wire", "raw_bytes", "from_buffer", "from_json", "json_data", "json_tensors", "binary_tensors",
            "msgpack_tensors", "msgpack_outputs", "WIRE_DTYPES"]
+
+#: The proto3 JSON mapping of the floats JSON has no number for.
+_NONFINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 #: OIP datatype -> little-endian numpy dtype.
 WIRE_DTYPES: dict[str, np.dtype] = {dt: np.dtype(name).newbyteorder("<") for dt, name in DATATYPES.items()}
@@ -74,12 +81,39 @@ def from_buffer(buf: bytes, offset: int, nbytes: int, datatype: str, shape: list
 
 
 def from_json(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarray:
-    """An OIP JSON ``data`` list (flat or nested) as an array of ``shape``.
+    """An OIP JSON ``data`` list (flat or nested) as an array of ``shape``; for FP datatypes the
+    strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` are those floats.
 
     Raises:
-        ValueError: unknown datatype, or data that does not fill the shape.
+        ValueError: unknown datatype, data that does not fill the shape, or another string.
     """
-    return np.asarray(data, dtype=_dtype(datatype, name)).reshape(shape)
+    dtype = _dtype(datatype, name)
+    if dtype.kind == "f":
+        inferred = np.asarray(data)
+        if inferred.dtype.kind == "U":  # strings among the numbers: only these three are floats
+            data = _floats(data, name)
+    return np.asarray(data, dtype=dtype).reshape(shape)
+
+
+def _floats(data: Any, name: str) -> Any:
+    """``data`` (flat or nested) with the strings of :data:`_NONFINITE` as their floats."""
+    if type(data) is list:
+        return [_floats(v, name) for v in data]
+    if type(data) is str:
+        value = _NONFINITE.get(data)
+        if value is None:
+            raise ValueError(f"output {name!r}: {data!r} is not a number")
+        return value
+    return data
+
+
+def json_data(arr: np.ndarray) -> list:
+    """A C-contiguous array as a flat OIP JSON ``data`` list: NaN and infinities as their proto3 strings."""
+    # tolist() gives exact Python floats, whose repr round-trips through float32/16.
+    data = arr.reshape(-1).tolist()
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        data = [v if math.isfinite(v) else "NaN" if v != v else "Infinity" if v > 0 else "-Infinity" for v in data]
+    return data
 
 
 def _dtype(datatype: str, name: str) -> np.dtype:
@@ -101,9 +135,7 @@ def json_tensors(inputs: Mapping[str, Any]) -> list[dict[str, Any]]:
     out = []
     for name, value in inputs.items():
         datatype, arr = to_wire(name, value)
-        # tolist() gives exact Python floats, whose repr round-trips through float32/16.
-        out.append({"name": name, "shape": list(arr.shape), "datatype": datatype,
-                    "data": arr.reshape(-1).tolist()})
+        out.append({"name": name, "shape": list(arr.shape), "datatype": datatype, "data": json_data(arr)})
     return out
 
 

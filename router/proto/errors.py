@@ -7,6 +7,16 @@ and back to the caller as the same class (see :func:`from_status`).
 
 from __future__ import annotations
 
+#: Longest name (model, version, field) an error message repeats back.
+SHOWN_MAX = 80
+
+
+def shown(value: object, limit: int = SHOWN_MAX) -> str:
+    """``repr(value)``, cut to ``limit`` characters: names echoed in errors come from clients,
+    and a 10 KB model name must not come back whole."""
+    r = repr(value)
+    return r if len(r) <= limit else f"{r[:limit]}... ({len(r)} characters)"
+
 
 class RouterError(Exception):
     """Root of every model-router error."""
@@ -86,6 +96,12 @@ class NotFound(InferenceError, LookupError):
     status = 404
 
 
+class RequestTimeout(InferenceError):
+    """The client sent its request head or body too slowly (``server.head_timeout_s`` / ``body_timeout_s``)."""
+
+    status = 408
+
+
 class PayloadTooLarge(InferenceError):
     """The body is larger than ``server.max_body_bytes``."""
 
@@ -112,7 +128,8 @@ class InternalError(InferenceError):
 
 _BY_STATUS: dict[int, type[InferenceError]] = {
     cls.status: cls
-    for cls in (BadRequest, NotFound, PayloadTooLarge, WorkerUnavailable, DeadlineExceeded, InternalError)
+    for cls in (BadRequest, NotFound, RequestTimeout, PayloadTooLarge, WorkerUnavailable, DeadlineExceeded,
+                InternalError)
 }
 
 

@@ -24,13 +24,15 @@ class Plan:
             (see :func:`runtime.codecs.replies.one_output`); else None.
     """
 
-    __slots__ = ("meta", "in_index", "in_dtypes", "out_index", "out_dtypes", "batchable", "every_output",
-                 "all_binary", "none_binary", "only", "reply_parts")
+    __slots__ = ("meta", "in_index", "in_dtypes", "float_inputs", "out_index", "out_dtypes", "batchable",
+                 "every_output", "all_binary", "none_binary", "only", "reply_parts")
 
     def __init__(self, meta: ModelMeta) -> None:
         self.meta = meta
         self.in_index = {t.name: i for i, t in enumerate(meta.inputs)}
         self.in_dtypes = [WIRE_DTYPES[t.datatype] for t in meta.inputs]
+        #: The inputs that can hold NaN or an infinity (FP16, FP32, FP64), by index.
+        self.float_inputs = tuple(i for i, d in enumerate(self.in_dtypes) if d.kind == "f")
         self.out_index = {t.name: i for i, t in enumerate(meta.outputs)}
         self.out_dtypes = [WIRE_DTYPES[t.datatype] for t in meta.outputs]
         self.batchable = meta.batchable

@@ -4,6 +4,9 @@
 request's own format (see :mod:`runtime.codecs.requests` for which outputs go
 as binary data). :func:`decode_reply` is its inverse: a shadow worker decodes
 the live version's reply with it before comparing (:mod:`runtime.compare`).
+JSON data writes NaN and the infinities as the strings ``"NaN"``, ``"Infinity"``
+and ``"-Infinity"`` (strict JSON has no number for them), and reads them back as
+floats; binary and msgpack data carry the IEEE values as they are.
 
 Every malformed live reply raises :class:`router.proto.errors.BadRequest`, and
 only that; messages start with ``live reply:`` and name the output and field.
@@ -37,6 +40,7 @@ from .tensors import (
     from_buffer,
     json_array,
     json_dumps,
+    json_floats,
     pack,
     params_of,
     raw_bytes,
@@ -111,7 +115,13 @@ def encode_response(req: Request, outputs: Sequence[np.ndarray], meta: ModelMeta
     if req.id is not None:
         reply["id"] = req.id
     reply["outputs"] = items
-    head = json_dumps(reply)
+    try:
+        head = json_dumps(reply)
+    except ValueError:  # a NaN or an infinity, rare: written as proto3 JSON strings, never as bare tokens
+        for item in items:
+            if "data" in item:
+                item["data"] = json_floats(item["data"])
+        head = json_dumps(reply)
     if not blobs:
         return 0, head
     return len(head), b"".join([head, *blobs])

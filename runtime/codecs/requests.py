@@ -12,6 +12,12 @@ Formats:
   carry ``"parameters": {"binary_data_size": n}`` (binary tensor extension).
 * ``FMT_MSGPACK`` -- the msgpack inference body of ``docs/protocol.md``.
 
+Numbers that are not numbers: a model's ``nonfinite`` policy (config.toml) says
+whether FP inputs may hold NaN or an infinity. ``"reject"`` (the default) answers
+400 naming the input, whatever the body format; ``"allow"`` passes them to the
+model. In JSON data they are the bare tokens ``NaN``, ``Infinity``, ``-Infinity``
+or the proto3 JSON strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``.
+
 The request also says which outputs to send and which of them as binary data:
 an output is sent as binary data when the request says
 ``"parameters": {"binary_data_output": true}`` or the output itself says
@@ -50,7 +56,10 @@ from .tensors import (
     shape_list,
 )
 
-__all__ = ["Request", "decode_request", "example_request", "one_input"]
+__all__ = ["NONFINITE", "Request", "check_finite", "decode_request", "example_request", "one_input"]
+
+#: The values of a model's ``nonfinite`` policy (``ModelConfig.nonfinite`` in router/config.py).
+NONFINITE = ("reject", "allow")
 
 
 class Request:
@@ -100,7 +109,8 @@ class Request:
 # -- decoding ---------------------------------------------------------------------------------------------
 
 
-def decode_request(fmt: int, payload: bytes | memoryview, header_len: int, meta: ModelMeta) -> Request:
+def decode_request(fmt: int, payload: bytes | memoryview, header_len: int, meta: ModelMeta,
+                   nonfinite: str = "reject") -> Request:
     """Decode and validate one inference request body.
 
     Args:
@@ -109,27 +119,50 @@ def decode_request(fmt: int, payload: bytes | memoryview, header_len: int, meta:
         header_len: the ``Inference-Header-Content-Length`` (``FMT_BINARY`` only;
             ignored otherwise).
         meta: the signature to validate against.
+        nonfinite: the model's policy for NaN and infinities in FP inputs
+            (:data:`NONFINITE`): ``"allow"`` passes them on; anything else rejects them.
 
     Raises:
-        BadRequest: the body is malformed or does not match ``meta``; the message
+        BadRequest: the body is malformed or does not match ``meta``, or (policy
+            ``"reject"``) an FP input holds a NaN or an infinity; the message
             names the offending input, output or field.
     """
     plan = plan_of(meta)
+    finite = nonfinite != "allow"  # an unknown policy is the strict one
     if fmt == FMT_MSGPACK:
-        return _decode_msgpack(payload, plan)
+        return _decode_msgpack(payload, plan, finite)
     if fmt == FMT_JSON:
         # No binary section: an input claiming binary data fails its size check.
-        return _decode_oip(payload, len(payload), plan, FMT_JSON)
+        return _decode_oip(payload, len(payload), plan, FMT_JSON, finite)
     if fmt == FMT_BINARY:
         if not isinstance(header_len, int) or header_len < 0 or header_len > len(payload):
             raise BadRequest(
                 f"Inference-Header-Content-Length {header_len} is outside the body of {len(payload)} bytes"
             )
-        return _decode_oip(payload, header_len, plan, FMT_BINARY)
+        return _decode_oip(payload, header_len, plan, FMT_BINARY, finite)
     raise BadRequest(f"unknown body format {fmt!r}")
 
 
-def _decode_oip(payload: bytes | memoryview, header_len: int, plan: Plan, fmt: int) -> Request:
+def check_finite(plan: Plan, arrays: Sequence[np.ndarray]) -> None:
+    """Check that no FP input holds a NaN or an infinity (the ``"reject"`` policy).
+
+    Args:
+        plan: the model's plan (which inputs are FP).
+        arrays: one array per input, in ``plan.meta.inputs`` order.
+
+    Raises:
+        BadRequest: naming the first input that does, and the policy.
+    """
+    for i in plan.float_inputs:
+        if not np.isfinite(arrays[i]).all():  # vectorised: one pass, no Python per element
+            raise BadRequest(
+                f"input {plan.meta.inputs[i].name!r} contains NaN or Infinity (model {plan.meta.name!r} "
+                f'rejects non-finite numbers: nonfinite = "reject")'
+            )
+
+
+def _decode_oip(payload: bytes | memoryview, header_len: int, plan: Plan, fmt: int, finite: bool = True
+                ) -> Request:
     """Decode an OIP JSON body, or a JSON header followed by binary tensor data."""
     header = payload if header_len == len(payload) else payload[:header_len]
     if isinstance(header, memoryview):
@@ -188,10 +221,12 @@ def _decode_oip(payload: bytes | memoryview, header_len: int, plan: Plan, fmt: i
         raise BadRequest(f"unexpected additional input data: {end - offset} bytes after the last input")
     checked, batch = _finish_inputs(plan, arrays)
     outputs, binary = _oip_outputs(body.get("outputs"), params, plan)
+    if finite:
+        check_finite(plan, checked)
     return Request(rid, checked, outputs, binary, fmt, batch)
 
 
-def _decode_msgpack(payload: bytes | memoryview, plan: Plan) -> Request:
+def _decode_msgpack(payload: bytes | memoryview, plan: Plan, finite: bool = True) -> Request:
     """Decode the msgpack inference body of ``docs/protocol.md``."""
     try:
         body = msgpack.unpackb(payload)
@@ -200,6 +235,8 @@ def _decode_msgpack(payload: bytes | memoryview, plan: Plan) -> Request:
     if plan.only is not None and type(body) is dict:
         one = one_input(body, plan.only)
         if one is not None:
+            if finite:
+                check_finite(plan, (one[1],))
             return Request(one[0], [one[1]], plan.every_output, plan.none_binary, FMT_MSGPACK,
                            one[1].shape[0] if plan.batchable else 1)
     if not isinstance(body, dict):
@@ -235,11 +272,15 @@ def _decode_msgpack(payload: bytes | memoryview, plan: Plan) -> Request:
 
     names = body.get("outputs")
     if names is None or names == []:
-        return Request(rid, checked, plan.every_output, plan.none_binary, FMT_MSGPACK, batch)
-    if not isinstance(names, list):
+        outputs, binary = plan.every_output, plan.none_binary
+    elif not isinstance(names, list):
         raise BadRequest("'outputs' must be a list of output names")
-    outputs = _output_indices(plan, names)
-    return Request(rid, checked, outputs, [False] * len(outputs), FMT_MSGPACK, batch)
+    else:
+        outputs = _output_indices(plan, names)
+        binary = [False] * len(outputs)
+    if finite:
+        check_finite(plan, checked)
+    return Request(rid, checked, outputs, binary, FMT_MSGPACK, batch)
 
 
 def one_input(body: dict, only: tuple[str, str, tuple[int, ...], np.dtype, int]

@@ -7,11 +7,17 @@ so requests and live replies name what is wrong the same way.
 
 Arrays decoded from binary or msgpack data are views of the payload (no copy),
 so they may be read-only; they are copied only when misaligned for their dtype.
+
+JSON has no number for NaN or the infinities. Replies write them as the strings
+``"NaN"``, ``"Infinity"`` and ``"-Infinity"`` (the proto3 JSON mapping of floats,
+which the OIP REST API's protobuf definition implies), never as the bare tokens
+strict parsers reject; JSON data of FP tensors may hold either.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +28,9 @@ from router.proto.errors import BadRequest
 from router.proto.meta import DATATYPES
 
 __all__ = [
-    "GARBAGE", "UNSERVED", "WIRE_DTYPES", "binary_size", "cast_json", "check_data_or_binary", "from_buffer",
-    "json_array", "json_dumps", "json_loads", "pack", "params_of", "raw_bytes", "shape_list", "wire",
+    "GARBAGE", "JSON_NONFINITE", "UNSERVED", "WIRE_DTYPES", "binary_size", "cast_json", "check_data_or_binary",
+    "from_buffer", "json_array", "json_dumps", "json_floats", "json_loads", "pack", "params_of", "raw_bytes",
+    "shape_list", "wire",
 ]
 
 # The one place the JSON implementation is chosen, so a faster library (orjson,
@@ -33,8 +40,24 @@ json_loads: Callable[[bytes], Any] = json.loads
 
 
 def json_dumps(obj: Any) -> bytes:
-    """Serialise ``obj`` compactly to ASCII JSON bytes (so char length == byte length)."""
-    return json.dumps(obj, separators=(",", ":")).encode()
+    """Serialise ``obj`` compactly to ASCII JSON bytes (so char length == byte length).
+
+    Raises:
+        ValueError: ``obj`` holds a NaN or an infinity, which strict JSON has no number for
+            (write them with :func:`json_floats`).
+    """
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+#: The proto3 JSON mapping of the floats JSON has no number for
+#: (https://protobuf.dev/programming-guides/json/, "float, double").
+JSON_NONFINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def json_floats(values: list) -> list:
+    """``values`` (a flat list of Python numbers) with each NaN or infinity as its proto3 JSON string."""
+    return [v if type(v) is not float or math.isfinite(v) else
+            "NaN" if v != v else "Infinity" if v > 0 else "-Infinity" for v in values]
 
 
 # One Packer for the worker (single-threaded): msgpack.packb() builds one per call.
@@ -146,7 +169,10 @@ def cast_json(arr: np.ndarray, data: Any, shape: list[int], dtype: np.dtype, whe
 
     numpy first inferred the elements' own type, so that strings, bools, fractions
     or out-of-range values for the declared datatype are rejected here instead of
-    being parsed, truncated or wrapped by a direct ``astype``.
+    being parsed, truncated or wrapped by a direct ``astype``. The one exception:
+    FP data may hold the strings ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``
+    (:data:`JSON_NONFINITE`), read as those floats; whether a request may carry
+    them at all is the model's policy (:mod:`runtime.codecs.requests`).
 
     Args:
         data: the JSON value ``arr`` came from.
@@ -160,6 +186,9 @@ def cast_json(arr: np.ndarray, data: Any, shape: list[int], dtype: np.dtype, whe
         return np.zeros(shape, dtype)  # [] infers as float64 whatever the datatype
     if arr.dtype != dtype:
         kind, target = arr.dtype.kind, dtype.kind
+        if target == "f" and kind == "U":  # strings: "NaN", "Infinity", "-Infinity" are floats
+            arr = json_array(_nonfinite_strings(data, where), where)
+            kind = arr.dtype.kind
         if target == "f" and kind in "iuf":
             with np.errstate(over="ignore"):  # 1e300 as FP16 is inf, the cast's defined result
                 arr = arr.astype(dtype)
@@ -174,6 +203,22 @@ def cast_json(arr: np.ndarray, data: Any, shape: list[int], dtype: np.dtype, whe
             want = {"b": "booleans", "f": "numbers"}.get(target, f"integers in the range of {dtype.name}")
             raise BadRequest(f"{where}: data must hold {want}")
     return arr.reshape(shape)
+
+
+def _nonfinite_strings(data: Any, where: str) -> Any:
+    """JSON ``data`` (flat or nested) with the strings of :data:`JSON_NONFINITE` as their floats.
+
+    Raises:
+        BadRequest: it holds any other string.
+    """
+    if type(data) is list:
+        return [_nonfinite_strings(v, where) for v in data]
+    if type(data) is str:
+        value = JSON_NONFINITE.get(data)
+        if value is None:
+            raise BadRequest(f"{where}: data must hold numbers")
+        return value
+    return data
 
 
 def _exact_ints(data: Any, inferred: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
