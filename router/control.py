@@ -183,11 +183,13 @@ class ControlPlane:
                 log.error("reload of %s refused, nothing changed: %s", source, "; ".join(plan.refused))
                 raise ReloadRefused("; ".join(plan.refused))
             failed: list[str] = []
+            deployed: list[str] = []
             for i, mc in enumerate(new.models):
                 if mc.name in plan.deploy:
                     log.info("reload: deploying %s (%s)", mc.name, "; ".join(plan.deploy[mc.name]))
                     try:
                         await self.deployments.deploy(mc, f"models[{i}]")
+                        deployed.append(mc.name)
                     except (ConfigError, DeployFailed) as exc:
                         log.error("reload: %s", exc)
                         failed.append(str(exc))
@@ -197,8 +199,8 @@ class ControlPlane:
                 active[m.name].config if m.name in plan.deploy else m for m in new.models))
             self.deployments.apply_traffic(new)
             self.metrics.reloads.labels("failed" if failed else "ok").inc()
-            log.info("reloaded %s: %s", source, "; ".join([*plan.live, *(f"deployed {m}" for m in plan.deploy)])
-                     if plan.live or plan.deploy else "no change")
+            log.info("reloaded %s: %s", source, "; ".join([*plan.live, *(f"deployed {m}" for m in deployed)])
+                     if plan.live or deployed else "nothing applied (a deploy failed)" if failed else "no change")
             if failed:
                 raise DeployFailed("; ".join(failed))
             return ReloadResult(str(source), list(plan.live), {m: list(why) for m, why in plan.deploy.items()})

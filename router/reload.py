@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import TRAFFIC_KEYS, Config, ModelConfig, VersionConfig, load_config, settings
 from .proto.errors import ConfigError
-from .proto.meta import read_meta
+from .proto.meta import MODEL_FILE, read_meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +45,7 @@ def read(path: Path, running: Config) -> tuple[Config, dict[tuple[str, str], str
 
     Raises:
         ConfigError: the file is unreadable, not TOML, invalid, or names a
-            version whose meta.json is missing or invalid.
+            version whose model file or meta.json is missing or invalid.
     """
     new = load_config(path)
     new = dataclasses.replace(new, server=dataclasses.replace(
@@ -53,11 +53,14 @@ def read(path: Path, running: Config) -> tuple[Config, dict[tuple[str, str], str
     digests = {}
     for i, m in enumerate(new.models):
         for j, v in enumerate(m.versions):
+            where = f"models[{i}].versions[{j}]"
             d = new.store_path / m.name / v.version
+            if not (d / MODEL_FILE).is_file():  # found now, not as a failed deploy: 400 and nothing changes
+                raise ConfigError(f"{where}: no model file at {d / MODEL_FILE}")
             try:
                 digests[(m.name, v.version)] = read_meta(d).sha256
             except ConfigError as exc:
-                raise ConfigError(f"models[{i}].versions[{j}]: {exc}") from None
+                raise ConfigError(f"{where}: {exc}") from None
     return new, digests
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,37 @@ def test_unknown_models_and_an_unwritable_file(tmp_path):
             await s.control.set_traffic("fraud", {"1": 1})
         assert err.value.status == 409 and "nothing changed" in str(err.value)
         assert s.control.traffic("fraud").weights["1"] == 90
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+def test_a_reload_naming_a_version_without_its_model_file_is_400_and_changes_nothing(tmp_path):
+    async def main() -> None:
+        s, _ = await started(tmp_path)
+        (tmp_path / "store" / "fraud" / "4" / "model.pt").unlink()  # meta.json stays: only the model is gone
+        text = s.config.source.read_text()  # type: ignore[union-attr]
+        s.config.source.write_text(text.replace('version = "3"', 'version = "4"'))  # type: ignore[union-attr]
+        with pytest.raises(ConfigError, match=r"models\[0\]\.versions\[2\]: no model file") as e:
+            await s.control.reload()
+        assert e.value.status == 400
+        assert [v for v in s.routing.active["fraud"].versions] == ["1", "2", "3"]
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+def test_the_log_says_deployed_only_for_deploys_that_succeeded(tmp_path, caplog):
+    async def main() -> None:
+        s, _ = await started(tmp_path, replicas=Replicas(fail_warmup=("5",)))
+        text = s.config.source.read_text()  # type: ignore[union-attr]
+        s.config.source.write_text(text.replace('version = "3"', 'version = "5"'))  # type: ignore[union-attr]
+        with caplog.at_level(logging.INFO, logger="router.control"), pytest.raises(DeployFailed):
+            await s.control.reload()
+        assert s.routing.active["fraud"].color == "blue"
+        reloaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("reloaded")]
+        assert reloaded and not any("deployed fraud" in m for m in reloaded), reloaded
+        assert "nothing applied (a deploy failed)" in reloaded[0]
         await s.deployments.stop()
 
     asyncio.run(main())
