@@ -618,6 +618,16 @@ def test_invalid_requests(case: tuple[int, bytes, int], message: str) -> None:
     assert info.value.status == 400
 
 
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_names_a_client_sends_are_cut_when_echoed(where: str) -> None:
+    name = "n" * 10_000
+    body = mp_body(1, outputs=[name]) if where == "output" else \
+        {"inputs": {**mp_body(1)["inputs"], name: mp_tensor(ids(1), "INT64")}}
+    with pytest.raises(BadRequest) as info:
+        decode_request(*mp_case(body), META)
+    assert f"{where} 'nnnn" in str(info.value) and len(str(info.value)) < 200
+
+
 def test_the_valid_baselines_of_the_invalid_cases_decode() -> None:
     check_arrays(decode_request(*bin_case(BIN_HEADER), META), 1)
     check_arrays(decode_request(*json_case(json_body(2)), META), 2)

@@ -37,7 +37,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from router.proto.errors import BadRequest, ConfigError
+from router.proto.errors import BadRequest, ConfigError, shown
 from router.proto.link import FMT_BINARY, FMT_JSON, FMT_MSGPACK
 from router.proto.meta import ModelMeta
 
@@ -317,12 +317,12 @@ def one_input(body: dict, only: tuple[str, str, tuple[int, ...], np.dtype, int]
 
 def _input_index(plan: Plan, name: Any, arrays: list[np.ndarray | None]) -> int:
     if not isinstance(name, str):
-        raise BadRequest(f"input name must be a string, got {name!r}")
+        raise BadRequest(f"input name must be a string, got {shown(name)}")
     idx = plan.in_index.get(name)
     if idx is None:
-        raise BadRequest(f"unexpected input {name!r}")
+        raise BadRequest(f"unexpected input {shown(name)}")
     if arrays[idx] is not None:
-        raise BadRequest(f"duplicate input {name!r}")
+        raise BadRequest(f"duplicate input {shown(name)}")
     return idx
 
 
@@ -337,7 +337,7 @@ def _shape(raw: Any, name: str, expected: tuple[int, ...]) -> list[int]:
             return raw
     shape_list(raw, f"input {name!r}")
     if len(raw) != len(expected) or any(e != -1 and e != d for e, d in zip(expected, raw, strict=True)):
-        raise BadRequest(f"input {name!r}: expected shape {list(expected)}, got {raw}")
+        raise BadRequest(f"input {name!r}: expected shape {list(expected)}, got {shown(raw)}")
     return raw
 
 
@@ -345,7 +345,7 @@ def _check_datatype(raw: Any, name: str, expected: str) -> None:
     if raw == expected:
         return
     if not isinstance(raw, str) or (raw not in WIRE_DTYPES and raw not in UNSERVED):
-        raise BadRequest(f"input {name!r}: unknown datatype {raw!r}")
+        raise BadRequest(f"input {name!r}: unknown datatype {shown(raw)}")
     raise BadRequest(f"input {name!r}: expected datatype {expected}, got {raw}")
 
 
@@ -389,12 +389,12 @@ def _output_indices(plan: Plan, names: list) -> list[int]:
     out = []
     for name in names:
         if not isinstance(name, str):
-            raise BadRequest(f"output name must be a string, got {name!r}")
+            raise BadRequest(f"output name must be a string, got {shown(name)}")
         idx = plan.out_index.get(name)
         if idx is None:
-            raise BadRequest(f"unknown output {name!r}")
+            raise BadRequest(f"unknown output {shown(name)}")
         if idx in out:
-            raise BadRequest(f"duplicate output {name!r}")
+            raise BadRequest(f"duplicate output {shown(name)}")
         out.append(idx)
     return out
 
@@ -402,7 +402,7 @@ def _output_indices(plan: Plan, names: list) -> list[int]:
 def _flag(params: dict, key: str, where: str) -> bool | None:
     value = params.get(key)
     if value is not None and not isinstance(value, bool):
-        raise BadRequest(f"{where}: parameter {key!r} must be true or false, got {value!r}")
+        raise BadRequest(f"{where}: parameter {shown(key)} must be true or false, got {shown(value)}")
     return value
 
 
