@@ -83,7 +83,8 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 def _admin_url(args: argparse.Namespace) -> str:
     if args.url:
         return args.url.rstrip("/")
-    address = load_config(args.config).server.http
+    s = load_config(args.config).server
+    address = s.admin_http or s.http  # the admin listener, where there is one: a flood on http never locks it
     if address is None:
         raise ConfigError("server.http is disabled in the config: pass --url")
     host = "127.0.0.1" if address.host in ("0.0.0.0", "::") else address.host
