@@ -169,17 +169,18 @@ def parse_request(bytes body):
         rid = b
         pos += 1
     else:
-        if b == 0xCC:
+        # uint 8..64, or int 8..64 holding a value >= 0 (see the twin).
+        if b == 0xCC or b == 0xD0:
             size = 1
-        elif b == 0xCD:
+        elif b == 0xCD or b == 0xD1:
             size = 2
-        elif b == 0xCE:
+        elif b == 0xCE or b == 0xD2:
             size = 4
-        elif b == 0xCF:
+        elif b == 0xCF or b == 0xD3:
             size = 8
         else:
             raise FrameError("request id must be an unsigned integer", 400)
-        if pos + 1 + size > n:
+        if pos + 1 + size > n or (b >= 0xD0 and p[pos + 1] & 0x80):
             raise FrameError("request id must be an unsigned integer", 400)
         rid = _be(p + pos + 1, size)
         pos += 1 + size

@@ -54,10 +54,9 @@ def parse_address(value: Any, where: str) -> Address | None:
     host = host.strip("[]")
     if not host:
         raise ConfigError(f"{where}: missing host in {value!r}")
-    try:
-        p = int(port)
-    except ValueError:
-        raise ConfigError(f"{where}: port must be an integer, got {port!r}") from None
+    if not (port.isascii() and port.isdigit()):  # int() would take "8_080", " 80" and other digits
+        raise ConfigError(f"{where}: port must be an integer, got {port!r}")
+    p = int(port)
     if not 0 <= p <= 65535:
         raise ConfigError(f"{where}: port must be in 0..65535, got {p}")
     return Address(host, p)
@@ -127,7 +126,7 @@ def _no_slash(v: str, where: str, ctx: Ctx) -> str:
 
 
 def _device(v: Any, where: str, ctx: Ctx) -> str:
-    if v == "cpu" or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isdigit()):
+    if v == "cpu" or (isinstance(v, str) and v.startswith("cuda:") and v[5:].isascii() and v[5:].isdigit()):
         return v
     raise ConfigError(f"{where}: must be \"cpu\" or \"cuda:N\", got {v!r}")
 
@@ -473,6 +472,8 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raw = tomllib.loads(p.read_bytes().decode())  # TOML is UTF-8 whatever the locale says
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:  # a directory, no permission, an I/O error
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:  # found by tests/fuzz (config_toml)
         raise ConfigError(f"{path}: not UTF-8 text: {exc}") from None
     except tomllib.TOMLDecodeError as exc:

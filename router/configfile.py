@@ -60,7 +60,7 @@ def write_traffic(path: Path, model: str, weights: Mapping[str, float],
 
 def _model_table(path: Path, model: str) -> tuple[tomlkit.TOMLDocument, Any]:
     try:
-        doc = tomlkit.parse(path.read_text())
+        doc = tomlkit.parse(path.read_bytes().decode())  # TOML is UTF-8 whatever the locale says
     except Exception as exc:
         raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
     table = next((m for m in doc.get("models", []) if m.get("name") == model), None)

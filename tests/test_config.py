@@ -84,6 +84,9 @@ def test_defaults():
     ({"models": [{"versions": [{"version": "1"}]}]}, "models[0].name: must be a non-empty string"),
     ({"server": {"http": "nope"}, **base()}, "server.http: must be \"host:port\""),
     ({"server": {"msgpack": "h:99999"}, **base()}, "server.msgpack: port must be in 0..65535"),
+    ({"server": {"msgpack": "h:8_080"}, **base()}, "server.msgpack: port must be an integer, got '8_080'"),
+    ({"server": {"http": "h:\u0668\u0660"}, **base()}, "server.http: port must be an integer"),
+    (base(device="cuda:\u00b2"), "models[0].versions[0].device: must be \"cpu\" or \"cuda:N\""),
     ({"server": {"request_timeout_ms": 0}, **base()}, "server.request_timeout_ms: must be >= 1"),
     ({"server": {"colour": 1}, **base()}, "server.colour: unknown key"),
     ({"stray": 1, **base()}, "stray: unknown key"),
@@ -94,6 +97,11 @@ def test_errors_name_the_key_path(raw, message):
     with pytest.raises(ConfigError) as e:
         parse_config(raw)
     assert message in str(e.value)
+
+
+def test_a_config_path_that_cannot_be_read_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path)  # a directory
 
 
 def test_toml_syntax_error_names_the_file(tmp_path):

@@ -23,6 +23,9 @@ from router.proto.meta import META_FILE, MODEL_FILE, read_meta
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: This module trains the demo store (seconds of torch per build): the daemon layer, as the ``store`` fixture is.
+pytestmark = pytest.mark.daemon
+
 #: (model, version) -> (input name, input width, output name, output width)
 SIGNATURES = {
     ("fraud", "1"): ("features", 8, "probabilities", 2),

@@ -124,6 +124,13 @@ async def test_a_body_must_keep_moving_at_the_minimum_rate(server):
 
 
 @in_server
+async def test_a_content_length_of_thousands_of_digits_is_413_not_an_exception(server):
+    proto, t = http(server)
+    proto.data_received(b"POST /v2/models/fraud/infer HTTP/1.1\r\nContent-Length: " + b"1" * 5000 + b"\r\n\r\n")
+    assert status_of(t.written) == 413 and b"exceeds the limit" in t.written
+
+
+@in_server
 async def test_a_client_that_reads_no_replies_is_cut_off(server):
     proto, t = http(server)
     proto.pause_writing()

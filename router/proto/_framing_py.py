@@ -76,8 +76,9 @@ def _read_uint(body: bytes, pos: int) -> tuple[int, int]:
     b = body[pos]
     if b <= 0x7F:
         return b, pos + 1
-    size = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(b)
-    if size is None or pos + 1 + size > len(body):
+    # uint 8..64, or int 8..64 holding a value >= 0: a reader takes any width an encoder chose (found by tests/fuzz).
+    size = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}.get(b)
+    if size is None or pos + 1 + size > len(body) or (b >= 0xD0 and body[pos + 1] & 0x80):
         raise FrameError("request id must be an unsigned integer", 400)
     return int.from_bytes(body[pos + 1:pos + 1 + size], "big"), pos + 1 + size
 
