@@ -14,7 +14,7 @@ PYX  := $(wildcard ext/*.pyx)
 SO   := $(patsubst ext/%.pyx,router/%_c.stamp,$(PYX))
 DEMO := model-store/fraud/1/model.pt
 
-.PHONY: run test build demo lint bench bench-smoke clean
+.PHONY: run test build demo lint bench bench-smoke fuzz clean
 
 run: build demo
 	$(PY) -m router serve --config $(CONFIG)
@@ -53,6 +53,7 @@ bench: build
 	$(PY) -m bench.shadow --json bench/out/shadow.json
 	$(PY) -m bench.deploy --json bench/out/deploy.json
 	$(PY) -m bench.idle --json bench/out/idle.json
+	$(PY) -m bench.chaos --json bench/out/chaos.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
@@ -63,6 +64,24 @@ bench-smoke: build
 	$(PY) -m bench.load --quick --json bench/out/load-smoke.json
 	$(PY) -m bench.shadow --quick --json bench/out/shadow-smoke.json
 	$(PY) -m bench.deploy --quick --json bench/out/deploy-smoke.json
+	$(PY) -m bench.chaos --quick --json bench/out/chaos-smoke.json
+
+# Coverage-guided fuzzing (tests/fuzz/): each target runs FUZZ_SECONDS under atheris, from its corpus
+# in tests/fuzz/corpus/<target>/; then libFuzzer's -merge=1 adds to that corpus only the inputs that reach
+# code it did not, so it grows by a few files per new branch. Review and commit the new files (the
+# tests replay every one). Scratch inputs and crash files stay in build/fuzz/; a crash stops the run,
+# and `$(PY) -m tests.fuzz <target> build/fuzz/<target>-crash-...` replays it. tests/test_fuzz.py
+# runs each target for 3 s.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= frames envelope http_head oip_json oip_binary config_toml config_struct
+
+fuzz: build
+	set -e; for t in $(FUZZ_TARGETS); do \
+		mkdir -p build/fuzz/$$t; \
+		$(PY) -m tests.fuzz $$t build/fuzz/$$t tests/fuzz/corpus/$$t -max_total_time=$(FUZZ_SECONDS) \
+			-timeout=10 -artifact_prefix=build/fuzz/$$t-; \
+		$(PY) -m tests.fuzz $$t -merge=1 tests/fuzz/corpus/$$t build/fuzz/$$t -artifact_prefix=build/fuzz/$$t-; \
+	done
 
 lint: build
 	$(PY) -m ruff check .

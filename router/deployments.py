@@ -232,8 +232,11 @@ class Deployments:
             NoPreviousPool: none is kept (never deployed, or kept past ``keep_previous_s``).
         """
         prev = self.previous.get(name)
-        if prev is None or not prev.ready:
+        if prev is None:
             raise NoPreviousPool(f"model {name!r} has no previous pool kept warm to roll back to")
+        if not len(prev.table):  # a restarting shadow or replica does not stop it; nothing to route to does
+            raise NoPreviousPool(f"the previous ({prev.color}) pool of model {name!r} has no live worker to route "
+                                 "to right now; not rolled back")
         del self.previous[name]
         self._cancel_retire(name)
         return self._activate(name, prev)

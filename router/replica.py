@@ -198,11 +198,12 @@ class Replica:
         if self.state is not ReplicaState.STOPPED:
             log.warning("%s: worker pid %s exited with %s", self.name, self.pid, code)
 
-    def hang(self) -> None:
-        """The worker owes answers and has given none for ``server.hang_timeout_s``: take it out of routing."""
+    def hang(self, silent_s: float) -> None:
+        """The worker owes answers and has given none for ``silent_s`` (over ``server.hang_timeout_s``):
+        take it out of routing."""
         if self.state is ReplicaState.LIVE:
-            log.warning("%s: pid %s has answered nothing for too long with %d request(s) owed; out of routing "
-                        "until it answers", self.name, self.pid, self.outstanding)
+            log.warning("%s: pid %s owes answers and has answered nothing for %.1f s; out of routing until it "
+                        "answers", self.name, self.pid, silent_s)
             self._enter(ReplicaState.HUNG)
 
     def replace(self) -> None:

@@ -223,7 +223,9 @@ class Routing:
                     link.expire(now)
                     busy = busy or bool(link.pending)
                 # owed_from - timeout: when the oldest request it owes since its last answer was sent.
-                if hang and link.owed_from and now - (link.owed_from - self.timeout) > hang:
+                # Shadows are left out: at idle CPU priority they may starve for good reasons, and
+                # their copies time out without touching a live reply.
+                if hang and link.owed_from and now - (link.owed_from - self.timeout) > hang and not r.vc.shadow:
                     self._hung(r, now)
         return busy
 
@@ -232,7 +234,7 @@ class Routing:
         assert link is not None
         if not link.hung:
             link.hung, link.hung_since = True, now
-            replica.hang()  # its state changes: the tables are rebuilt without it
+            replica.hang(now - (link.owed_from - self.timeout))  # its state changes: the tables drop it
         elif self.hang_restart and now - link.hung_since > self.hang_restart:
             link.hung_since = float("inf")  # once
             replica.replace()

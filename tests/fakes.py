@@ -170,7 +170,7 @@ class FakeReplica:
         if self.state is not ReplicaState.STOPPED:
             self._set(ReplicaState.RESTARTING)
 
-    def hang(self) -> None:
+    def hang(self, silent_s: float) -> None:
         """As :meth:`router.replica.Replica.hang`: out of routing while it owes answers."""
         if self.state is ReplicaState.LIVE:
             self._set(ReplicaState.HUNG)

@@ -216,3 +216,26 @@ def test_the_log_says_deployed_only_for_deploys_that_succeeded(tmp_path, caplog)
         await s.deployments.stop()
 
     asyncio.run(main())
+
+
+def test_a_rollback_needs_a_previous_pool_that_can_route_not_every_worker_of_it(tmp_path):
+    """A shadow (or one replica) of the previous pool restarting does not stop a rollback; nothing live to
+    route to does, and the message says so."""
+    async def main() -> None:
+        s, reps = await started(tmp_path)
+        await s.control.deploy("fraud", [{"version": "4", "weight": 1}])
+        blue = s.deployments.previous["fraud"]
+        reps.of("3")[0].kill()  # the blue pool's shadow
+        await settle(lambda: not reps.of("3")[0].live)
+        await s.control.rollback("fraud")
+        assert s.routing.active["fraud"] is blue
+        await s.control.deploy("fraud", [{"version": "5", "weight": 1}])
+        for r in blue.replicas:
+            if r.live:
+                r.kill()
+        await settle(lambda: not any(r.live for r in blue.replicas))
+        with pytest.raises(NoPreviousPool, match="previous \\(blue\\) pool of model 'fraud' has no live worker"):
+            await s.control.rollback("fraud")
+        await s.deployments.stop()
+
+    asyncio.run(main())

@@ -166,3 +166,21 @@ def test_a_stopped_worker_leaves_routing_then_is_replaced(start_daemon):
             pass
     assert "still hung; killing it" in d.log
     d.workers = [p for p in d.workers if p != stopped]
+
+
+def test_a_shadow_that_answers_nothing_is_not_taken_for_hung(tmp_path):
+    """A shadow at idle CPU priority may starve for good reasons; its copies time out instead."""
+    async def main() -> None:
+        replicas = Replicas(answer=holding("2"))
+        s, _ = await started(tmp_path, [{"version": "1", "weight": 1}, {"version": "2", "weight": 0, "shadow": 1.0}],
+                             replicas, hang_timeout_s=3)
+        front = Front(s)
+        for _ in range(5):
+            front.send()
+        shadow = replicas.of("2")[0]
+        await settle(lambda: shadow.outstanding > 0)
+        s.routing.expire(time.monotonic() + 100)
+        assert shadow.state is ReplicaState.LIVE
+        await s.deployments.stop()
+
+    asyncio.run(main())
