@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -42,11 +43,32 @@ def impl(request: pytest.FixtureRequest):
     return request.param
 
 
+@pytest.fixture(params=IMPLS[-1:])
+def fastest(request: pytest.FixtureRequest):
+    """The extension when built, else the twin: for the statistics of a split over 100,000 keys.
+    The twins give the same answers on the golden values and on every table and key a property
+    search tries (``test_*_golden``, ``test_twins_agree_*``), so the statistics are checked once."""
+    return request.param
+
+
 #: Fixtures that start ``router serve`` and its workers, or train the demo store they serve (``store``:
 #: seconds of torch, once a session). A test that uses one, directly or through another fixture,
 #: belongs to the daemon layer; one that starts a process otherwise says so with
 #: ``@pytest.mark.daemon``. ``pytest -m "not daemon"`` runs the fast, in-process layer alone.
 DAEMON_FIXTURES = frozenset({"start_daemon", "shared_daemon", "store"})
+
+
+_WHOLE_MODULE = re.compile(r"^pytestmark = \[?[^\n]*\n?\s*pytest\.mark\.daemon", re.M)
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """In a run that deselects the daemon layer, a module marked daemon as a whole (``pytestmark``)
+    is not even imported: the fast layer does not pay for its imports (torch, clients)."""
+    if collection_path.suffix == ".py" and collection_path.name.startswith("test_") \
+            and "not daemon" in (config.option.markexpr or "") \
+            and _WHOLE_MODULE.search(collection_path.read_text()):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -12,6 +12,9 @@ import json
 import pytest
 from conftest import RawConn
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 DEPLOY = json.dumps({"versions": [{"version": "1", "weight": 100}]}).encode()
 
 

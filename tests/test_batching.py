@@ -15,6 +15,9 @@ from runtime.batcher import Batcher
 from runtime.codecs import decode_request
 from runtime.model import Model
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 
 @pytest.fixture(scope="module")
 def wide(store):

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

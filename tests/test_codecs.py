@@ -702,7 +702,7 @@ def test_example_request_that_does_not_fit_is_a_config_error() -> None:
 
 # Property searches of the codecs' rules; the coverage-guided fuzzing of the same decoders, with its
 # committed corpus, is tests/fuzz/ (tests/test_fuzz.py replays it).
-FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),

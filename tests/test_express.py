@@ -196,7 +196,7 @@ def affine(tmp_path_factory: pytest.TempPathFactory) -> Model:
     return load(tmp_path_factory.mktemp("affine"), Affine())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(payload=near_valid())
 def test_fuzz_an_answer_is_always_the_general_paths(affine, payload):
     data = frame(payload)

@@ -139,7 +139,7 @@ def _outcome(fn, *args):
         return ("err", str(e), e.status)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=64))
 def test_twins_agree_on_arbitrary_bytes(data):
     if _framing_c is None:
@@ -156,7 +156,7 @@ envelopes = st.tuples(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(envelopes, st.integers(0, 30))
 def test_twins_agree_on_valid_envelopes_and_any_truncation(env, cut):
     body = msgpack.packb(list(env))

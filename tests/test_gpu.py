@@ -9,6 +9,7 @@ import pytest
 import torch
 
 pytestmark = [
+    pytest.mark.daemon,
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine"),
 ]

@@ -140,7 +140,7 @@ _LINE = st.one_of(
 
 
 @pytest.mark.skipif(_http_c is None, reason="the extension is not built (twins forced)")
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(method=st.sampled_from([b"GET", b"POST", b"PUT", b"get", b""]),
        target=st.binary(max_size=20).map(lambda b: b"/" + b),
        version=st.sampled_from([b"HTTP/1.1", b"HTTP/1.0", b"HTTP/1.2", b"HTTP/1.1x"]),

@@ -17,6 +17,9 @@ import pytest
 from router.proto.meta import read_meta
 from runtime.model import Model
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 X = np.array([[1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0],
               [3.0, -0.5, 0.1, 0.95, 0.5, 9.0, 4.2, 1.0],
               [0.1, 0.0, 1.0, 0.05, 7.0, 0.0, 0.2, 1.0]], dtype=np.float32)
@@ -251,7 +254,8 @@ def test_oversized_chunked_body_is_413_json(shared_daemon, path):
 
     conn = http.client.HTTPConnection("127.0.0.1", shared_daemon.http_port, timeout=10)
     chunks = (b"x" * 65536 for _ in range(40))  # 2.5 MiB, no Content-Length: the limit is found while reading
-    conn.request("PUT" if "admin" in path else "POST", path, body=chunks, encode_chunked=True)
+    conn.request("PUT" if "admin" in path else "POST", path, body=chunks, encode_chunked=True,
+                 headers={"Content-Type": "application/json"})
     r = conn.getresponse()
     assert r.status == 413
     assert "exceed" in json.loads(r.read())["error"]

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from conftest import RawConn
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
 
 

@@ -191,13 +191,13 @@ def test_weight_zero_is_never_chosen():
     assert picks == {"1", "2"}
 
 
-def test_shares_follow_the_weights(impl, hashed_keys):
-    t = impl.WeightTable(("1", "2", "3"), (70.0, 20.0, 10.0), seed=3)
+def test_shares_follow_the_weights(fastest, hashed_keys):
+    t = fastest.WeightTable(("1", "2", "3"), (70.0, 20.0, 10.0), seed=3)
     shares = np.bincount(t.choose_batch(hashed_keys), minlength=3) / N_KEYS
     assert shares == pytest.approx([0.7, 0.2, 0.1], abs=0.01)
     draws = Counter(t.index(None) for _ in range(N_KEYS))
     assert [draws[i] / N_KEYS for i in range(3)] == pytest.approx([0.7, 0.2, 0.1], abs=0.01)
-    equal = impl.WeightTable(("a", "b", "c", "d"), (1.0,) * 4)
+    equal = fastest.WeightTable(("a", "b", "c", "d"), (1.0,) * 4)
     assert np.bincount(equal.choose_batch(hashed_keys), minlength=4) / N_KEYS == pytest.approx([0.25] * 4, abs=0.01)
 
 
@@ -226,10 +226,10 @@ def test_a_key_sticks_across_processes_and_implementations():
         assert out == [t.choose(f"user-{i}") for i in range(1000)]
 
 
-def test_raising_a_weight_only_moves_keys_into_that_version(impl, hashed_keys):
-    before = impl.WeightTable(("1", "2", "3"), (70.0, 20.0, 10.0)).choose_batch(hashed_keys)
+def test_raising_a_weight_only_moves_keys_into_that_version(fastest, hashed_keys):
+    before = fastest.WeightTable(("1", "2", "3"), (70.0, 20.0, 10.0)).choose_batch(hashed_keys)
     # 22.5 / 112.5 = 20% of the traffic for version "3" (was 10%).
-    after = impl.WeightTable(("1", "2", "3"), (70.0, 20.0, 22.5)).choose_batch(hashed_keys)
+    after = fastest.WeightTable(("1", "2", "3"), (70.0, 20.0, 22.5)).choose_batch(hashed_keys)
     moved = before != after
     assert moved.mean() == pytest.approx(0.10, abs=0.01)
     assert (after[moved] == 2).all()
@@ -237,11 +237,11 @@ def test_raising_a_weight_only_moves_keys_into_that_version(impl, hashed_keys):
     assert (before[moved] != 2).all()
 
 
-def test_removing_or_adding_a_version_moves_only_its_keys(impl, hashed_keys):
-    full = impl.WeightTable(("1", "2", "3"), (50.0, 30.0, 20.0)).choose_batch(hashed_keys)
+def test_removing_or_adding_a_version_moves_only_its_keys(fastest, hashed_keys):
+    full = fastest.WeightTable(("1", "2", "3"), (50.0, 30.0, 20.0)).choose_batch(hashed_keys)
     # Without "2": indices shift, so compare by name.
     names_full = np.array(["1", "2", "3"])[full]
-    names_less = np.array(["1", "3"])[impl.WeightTable(("1", "3"), (50.0, 20.0)).choose_batch(hashed_keys)]
+    names_less = np.array(["1", "3"])[fastest.WeightTable(("1", "3"), (50.0, 20.0)).choose_batch(hashed_keys)]
     moved = names_full != names_less
     assert (names_full[moved] == "2").all()
     assert moved.sum() == (names_full == "2").sum()
@@ -262,7 +262,7 @@ tables = st.integers(1, 8).flatmap(
 route_keys = st.lists(st.text(max_size=40) | st.binary(max_size=80), max_size=30)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(tables, route_keys, st.integers(-(2**63), 2**64 - 1), st.lists(st.integers(0, 2**64 - 1), max_size=50))
 def test_twins_agree_on_routing(table, keys, seed, prehashed):
     if _splitter_c is None:

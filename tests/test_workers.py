@@ -17,6 +17,9 @@ import pytest
 from conftest import FRAUD, ROOT, children_of, free_port, pid_alive, write_config
 from test_shadow import metric, scrape, wait_for
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 ROW = [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]
 FRAUD_BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
                                      "data": ROW}]}).encode()
