@@ -1,6 +1,6 @@
-"""``router``: the command line (serve, demo-models, traffic, shadow, reload, deploy, rollback, status).
+"""``router``: the command line (serve, demo-models, package, traffic, shadow, reload, deploy, rollback, status).
 
-Every command but ``serve`` and ``demo-models`` calls the admin API, sending
+Every command but ``serve``, ``demo-models`` and ``package`` calls the admin API, sending
 ``ROUTER_ADMIN_TOKEN`` as a bearer token when it is set.
 """
 
@@ -78,6 +78,19 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
     if args.extra:
         argv.append("--extra")
     return demo_main(argv)
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    from modelkit.package import package_file  # imports torch: only this command pays for it
+
+    try:
+        out = package_file(args.model_file, args.example, args.output, name=args.name,
+                           description=args.description, reference_sample=args.sample)
+    except (ConfigError, OSError) as exc:
+        log.error("cannot package %s: %s", args.model_file, exc)
+        return 1
+    print(out)
+    return 0
 
 
 def _admin_url(args: argparse.Namespace) -> str:
@@ -192,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--store", help="store directory (overrides the config)")
     d.add_argument("--extra", action="store_true", help="also write the benchmark MLPs")
     d.set_defaults(func=cmd_demo_models)
+
+    k = sub.add_parser("package", help="pack a saved model (.pt or .pt2) and its meta.json into one archive")
+    k.add_argument("model_file", metavar="MODEL_FILE", help="torch.jit.save .pt or torch.export.save .pt2 file")
+    k.add_argument("--example", required=True, metavar="EXAMPLE.npz", help="example inputs (np.savez), by name")
+    k.add_argument("-o", "--output", required=True, metavar="OUT", help="archive to write: .tar.gz, .tgz or .zip")
+    k.add_argument("--name", help="model name for meta.json")
+    k.add_argument("--description", help="free text for meta.json")
+    k.add_argument("--sample", metavar="SAMPLE.npz", help="reference inputs for drift monitoring (sample.npz)")
+    k.set_defaults(func=cmd_package)
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
                               ("shadow", cmd_traffic, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),

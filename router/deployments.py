@@ -24,7 +24,7 @@ from . import priority
 from .config import Config, ModelConfig, VersionConfig
 from .metrics import Metrics
 from .proto.errors import ConfigError, DeployFailed, NoPreviousPool
-from .proto.meta import MODEL_FILE, ModelMeta, read_meta
+from .proto.meta import ModelMeta, model_file, read_meta
 from .replica import Replica, ReplicaState
 from .routing import Color, Pool, ReplicaSet, Routing
 from .shadow import ShadowTarget
@@ -47,8 +47,10 @@ def resolve_meta(store: Path, model: str, version: str, where: str) -> tuple[Pat
         ConfigError: the directory, model file or meta.json is missing or invalid.
     """
     d = store / model / version
-    if not (d / MODEL_FILE).is_file():
-        raise ConfigError(f"{where}: no model file at {d / MODEL_FILE} (run `router demo-models` for the demo)")
+    try:
+        model_file(d)  # model.pt or model.pt2; the worker checks the rest (sha256, names) before it loads
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc} (run `router demo-models` for the demo)") from None
     return d, read_meta(d)
 
 
@@ -88,7 +90,11 @@ class Deployments:
                          on_state: Callable[[Replica], None], *, nonfinite: str) -> Replica:
         s = self.config.server
         return Replica(model, vc, index, model_dir, s.max_body_bytes + 4096, s.worker_start_timeout_s, on_state,
-                       self.routing.cork, nonfinite=nonfinite)
+                       self.routing.cork, nonfinite=nonfinite, on_load_failure=self._on_load_failure)
+
+    def _on_load_failure(self, replica: Replica, reason: str) -> None:
+        # Label values: the model and version come from the config, the reason from the kernel's list.
+        self.metrics.load_failures.labels(replica.model, replica.vc.version, reason).inc()
 
     def _build(self, mc: ModelConfig, where: str, color: Color) -> Pool:
         """A pool of new (not yet started) workers for ``mc``, registered with the routing.

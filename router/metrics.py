@@ -71,6 +71,15 @@ class Metrics:
             ["model", "version", "replica", "pool"],
             registry=r,
         )
+        self.load_failures = Counter(
+            "router_model_load_failures",
+            "Workers that did not become live, by reason: the worker refused its version (integrity: the "
+            "model file's sha256 is not meta.json's; identity: meta.json names another model or version; "
+            "meta: invalid meta.json or files; load: loading raised), or it exited, timed out or failed "
+            "its warm-up first (exited, timeout, warmup).",
+            ["model", "version", "reason"],
+            registry=r,
+        )
         self.active_pool = Gauge("router_active_pool", "1 for the model's active pool (blue or green).",
                                  ["model", "pool"], registry=r)
         self.previous_warm = Gauge("router_previous_pool_warm",

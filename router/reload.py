@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .config import TRAFFIC_KEYS, Config, ModelConfig, VersionConfig, load_config, settings
 from .proto.errors import ConfigError
-from .proto.meta import MODEL_FILE, read_meta
+from .proto.meta import model_file, read_meta
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +55,8 @@ def read(path: Path, running: Config) -> tuple[Config, dict[tuple[str, str], str
         for j, v in enumerate(m.versions):
             where = f"models[{i}].versions[{j}]"
             d = new.store_path / m.name / v.version
-            if not (d / MODEL_FILE).is_file():  # found now, not as a failed deploy: 400 and nothing changes
-                raise ConfigError(f"{where}: no model file at {d / MODEL_FILE}")
             try:
+                model_file(d)  # found now, not as a failed deploy: 400 and nothing changes
                 digests[(m.name, v.version)] = read_meta(d).sha256
             except ConfigError as exc:
                 raise ConfigError(f"{where}: {exc}") from None

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .config import VersionConfig
 from .cork import Cork
-from .proto.errors import WorkerUnavailable
+from .proto.errors import ModelLoadFailed
 from .proto.link import KIND_WARMUP
 from .worker_link import CallbackCall, WorkerLink
 
@@ -61,12 +61,16 @@ class Replica:
         cork: the router's write coalescing, shared by every link.
         nonfinite: the model's policy for NaN and infinities in inputs (``ModelConfig.nonfinite``);
             the worker applies it.
+        on_load_failure: called with this replica and the reason (``ModelLoadFailed.reason``) each
+            time a worker fails to become live: it refused its version, died, timed out or failed
+            its warm-up. Not called for a worker stopped on purpose.
     """
 
     def __init__(self, model: str, vc: VersionConfig, index: int, model_dir: Path, max_frame: int,
                  start_timeout: float, on_state: Callable[[Replica], None], cork: Cork | None = None, *,
-                 nonfinite: str = "reject") -> None:
+                 nonfinite: str = "reject", on_load_failure: Callable[[Replica, str], None] | None = None) -> None:
         self.model = model
+        self.on_load_failure = on_load_failure
         self.nonfinite = nonfinite
         self.cork = cork
         self.vc = vc
@@ -178,15 +182,16 @@ class Replica:
             raise
         self.link = link
         try:
-            self.info = await asyncio.wait_for(asyncio.shield(link.hello), self.start_timeout)
-            await self._warm_up(link)
-        except TimeoutError:
+            try:
+                self.info = await asyncio.wait_for(asyncio.shield(link.hello), self.start_timeout)
+                await self._warm_up(link)
+            except TimeoutError:
+                raise ModelLoadFailed(f"{self.name}: not ready within {self.start_timeout:.0f} s", "timeout") from None
+        except BaseException as exc:
             self._kill()
             await self._reap()
-            raise WorkerUnavailable(f"{self.name}: not ready within {self.start_timeout:.0f} s") from None
-        except BaseException:
-            self._kill()
-            await self._reap()
+            if isinstance(exc, ModelLoadFailed) and self.on_load_failure and self.state is not ReplicaState.STOPPED:
+                self.on_load_failure(self, exc.reason)
             raise
         self._enter(ReplicaState.LIVE)
         log.info("%s: live (pid %d, %s, cpus %s)", self.name, self.proc.pid, self.info.get("device"),
@@ -229,7 +234,8 @@ class Replica:
         link.send(KIND_WARMUP, 0, b"", CallbackCall(done, float("inf")))
         status, payload = await fut
         if status != 200:
-            raise WorkerUnavailable(f"{self.name}: warm-up failed ({status}): {payload.decode(errors='replace')}")
+            raise ModelLoadFailed(f"{self.name}: warm-up failed ({status}): {payload.decode(errors='replace')}",
+                                  "warmup")
 
     def _kill(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

@@ -18,9 +18,9 @@ import msgpack
 
 from .cork import Cork, Holding
 from .proto import link
-from .proto.errors import FrameError, WorkerUnavailable
+from .proto.errors import FrameError, ModelLoadFailed
 from .proto.framing import FrameScanner
-from .proto.link import STATUS_HELLO
+from .proto.link import REFUSALS, STATUS_HELLO, STATUS_REFUSED
 
 log = logging.getLogger("router.worker_link")
 
@@ -118,9 +118,24 @@ class WorkerLink(asyncio.Protocol, Holding):
         reason = self.lost_reason or "worker exited"
         self.fail_all(503, f"{self.name}: {reason}")
         if not self.hello.done():
-            self.hello.set_exception(WorkerUnavailable(f"{self.name}: {reason} before it was ready"))
-            self.hello.exception()  # retrieved: nothing may warn about it later
+            self._not_ready(ModelLoadFailed(f"{self.name}: {reason} before it was ready", "exited"))
         self._on_lost(self)
+
+    def _not_ready(self, exc: ModelLoadFailed) -> None:
+        self.hello.set_exception(exc)
+        self.hello.exception()  # retrieved: nothing may warn about it later
+
+    def _refused(self, payload: bytes) -> None:
+        """The worker refused its version (``STATUS_REFUSED``) and is exiting: its hello fails with the reason."""
+        try:
+            info = msgpack.unpackb(payload)
+            reason, error = info["reason"], str(info["error"])
+        except Exception:  # a worker bug; still a refusal
+            reason, error = "load", f"unreadable refusal {bytes(payload[:200])!r}"
+        if reason not in REFUSALS:  # label values come from the kernel's list, never from a process's say-so
+            reason = "load"
+        self._not_ready(ModelLoadFailed(f"{self.name}: worker refused the model before it was ready: {error}",
+                                        reason))
 
     def _replies(self, frames: list[bytes]) -> None:
         pending = self.pending
@@ -131,6 +146,8 @@ class WorkerLink(asyncio.Protocol, Holding):
                 call.done(status, hlen, payload)
             elif rid == 0 and status == STATUS_HELLO and not self.hello.done():
                 self.hello.set_result(msgpack.unpackb(payload))
+            elif rid == 0 and status == STATUS_REFUSED and not self.hello.done():
+                self._refused(payload)
             # else: the reply of a request already answered 504: dropped.
         # It answered: it owes only what is still pending, from the oldest of those on.
         self.owed_from = next(iter(pending.values())).deadline if pending else 0.0

@@ -1,4 +1,9 @@
-"""``python -m runtime``: a worker process, started and supervised by the router (router/replica.py)."""
+"""``python -m runtime``: a worker process, started and supervised by the router (router/replica.py).
+
+``python -m runtime validate ...`` checks a model version in a throwaway process instead
+(:mod:`runtime.validate`; ``--help`` documents it). Both import torch only once they know
+which they are: the validate supervisor never does.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,18 @@ import argparse
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
-from .codecs.requests import NONFINITE
-from .worker import WorkerSpec, run
+if TYPE_CHECKING:
+    from .worker import WorkerSpec
 
 
 def parse_args(argv: list[str] | None = None) -> WorkerSpec:
-    p = argparse.ArgumentParser(prog="python -m runtime", description="model-router worker (started by the router)")
+    from .codecs.requests import NONFINITE
+    from .worker import WorkerSpec
+
+    p = argparse.ArgumentParser(prog="python -m runtime", description="model-router worker (started by the router)",
+                                epilog="python -m runtime validate --help: check a model version instead")
     p.add_argument("--fd", type=int, required=True, help="connected Unix socket to the router")
     p.add_argument("--parent-pid", type=int, required=True)
     p.add_argument("--model-dir", required=True)
@@ -37,12 +47,21 @@ def parse_args(argv: list[str] | None = None) -> WorkerSpec:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["validate"]:
+        from .validate import main as validate
+
+        logging.basicConfig(level=os.environ.get("ROUTER_LOG_LEVEL", "INFO"),
+                            format="%(asctime)s %(levelname)-5s validate[%(process)d] %(message)s", stream=sys.stderr)
+        return validate(argv[1:])
     spec = parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("ROUTER_LOG_LEVEL", "INFO"),
         format=f"%(asctime)s %(levelname)-5s worker {spec.name}/{spec.version}[%(process)d] %(message)s",
         stream=sys.stderr,
     )
+    from .worker import run
+
     return run(spec)
 
 

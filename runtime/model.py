@@ -1,4 +1,9 @@
-"""A TorchScript model on one device, pinned to its CPUs."""
+"""A model version on one device, pinned to its CPUs: a TorchScript archive or a ``torch.export`` program.
+
+:func:`load_version` is the one way a worker (and ``python -m runtime validate``)
+loads a version: the checks of :func:`router.proto.meta.verify` first (names,
+platform, sha256), then :class:`Model`, which picks the loader by the file name.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from router.proto.meta import ModelMeta
+from router.proto.errors import ConfigError, IntegrityError, ModelLoadFailed
+from router.proto.meta import ModelMeta, read_meta, verify
 
 log = logging.getLogger("runtime.model")
 
@@ -59,19 +65,62 @@ def pin(cpus: Sequence[int], threads: int) -> None:
         pass
 
 
-class Model:
-    """A loaded TorchScript module plus its declared signature.
+#: Longest load error a refusal carries (TorchScript errors can quote whole programs).
+_REFUSAL_MAX = 4000
 
-    The modules named in ``ROUTER_WORKER_PRELOAD`` are imported first (:func:`preload`).
+
+def load_version(model_dir: str | Path, name: str | None, version: str | None, device: str,
+                 optimize: bool = True, *, integrity: bool = True) -> Model:
+    """Check and load the version in ``model_dir``: what a worker does before its hello.
 
     Args:
-        path: the ``model.pt`` file.
+        model_dir: ``<store>/<model>/<version>`` (or a staging directory).
+        name, version: what ``meta.json`` must name (None: not checked).
+        device, optimize: as for :class:`Model`.
+        integrity: check the model file's sha256 against ``meta.json``'s.
+
+    Raises:
+        IntegrityError: the sha256 or the names disagree (``reason`` says which).
+        ConfigError: ``meta.json`` or the directory's files are invalid.
+        ModelLoadFailed: loading raised (``reason="load"``); the message names the file.
+    """
+    meta = read_meta(model_dir)
+    path = verify(model_dir, meta, name, version, integrity=integrity)
+    try:
+        return Model(path, meta, device, optimize)
+    except Exception as exc:
+        raise ModelLoadFailed(f"cannot load {path.name} on {device}: {type(exc).__name__}: {exc}", "load") from exc
+
+
+def refusal_of(exc: BaseException) -> tuple[str, str]:
+    """``(reason, message)`` for a load that raised ``exc``: reason is one of ``router.proto.link.REFUSALS``."""
+    if isinstance(exc, IntegrityError | ModelLoadFailed):
+        reason, message = exc.reason, str(exc)
+    elif isinstance(exc, ConfigError):
+        reason, message = "meta", str(exc)
+    else:  # a preload import, a device that is not there
+        reason, message = "load", f"{type(exc).__name__}: {exc}"
+    if len(message) > _REFUSAL_MAX:
+        message = f"{message[:_REFUSAL_MAX]}... ({len(message)} characters)"
+    return reason, message
+
+
+class Model:
+    """A loaded model plus its declared signature.
+
+    ``model.pt`` is loaded with ``torch.jit.load``; ``model.pt2`` (a ``torch.export``
+    program) with ``torch.export.load(path).module()``. The modules named in
+    ``ROUTER_WORKER_PRELOAD`` are imported first (:func:`preload`).
+
+    Args:
+        path: the model file (``model.pt`` or ``model.pt2``).
         meta: its validated ``meta.json``.
         device: ``"cpu"`` or ``"cuda:N"``.
-        optimize: freeze the module and apply ``torch.jit.optimize_for_inference``
+        optimize: for TorchScript, freeze the module and apply ``torch.jit.optimize_for_inference``
             (constant folding, fused and prepacked ops). Measured on the demo MLP it
             cuts a batch-1 forward from about 13.6 to 10.9 us; outputs may differ from
             the unoptimised module in the last bits (below 1e-7 on the demo models).
+            Ignored for an exported program (logged): both passes are TorchScript's.
     """
 
     def __init__(self, path: str | Path, meta: ModelMeta, device: str, optimize: bool = True) -> None:
@@ -84,6 +133,21 @@ class Model:
         preloaded = preload()
         if preloaded:
             log.info("preloaded %s", ", ".join(preloaded))
+        path = Path(path)
+        #: True for a ``torch.export`` program, False for TorchScript.
+        self.exported = path.suffix == ".pt2"
+        module = self._load_exported(path, optimize) if self.exported else self._load_scripted(path, optimize)
+        self.module = module
+        # Calling forward directly skips nn.Module's Python hook dispatch (~1 us a call). For an
+        # exported program it also skips the input-constraint pre-hook, whose checks the generated
+        # forward repeats itself (`_guards_fn`, torch 2.13): 91 instead of 213 us a call on a 4-64-3 MLP.
+        self._forward = module.forward
+        self._cuda = self.device.type == "cuda"
+        # The usual CPU model: one tensor in, one tensor out (no list or tuple built per call).
+        self._simple = not self._cuda and len(meta.inputs) == 1
+        self._one_out = len(meta.outputs) == 1
+
+    def _load_scripted(self, path: Path, optimize: bool) -> Any:
         module = torch.jit.load(str(path), map_location=self.device)
         module.eval()
         if optimize:
@@ -93,13 +157,21 @@ class Model:
                 log.warning("optimize_for_inference failed (%s); serving the module unoptimised", exc)
                 module = torch.jit.load(str(path), map_location=self.device)
                 module.eval()
-        self.module = module
-        # Calling forward directly skips nn.Module's Python hook dispatch (~1 us a call).
-        self._forward = module.forward
-        self._cuda = self.device.type == "cuda"
-        # The usual CPU model: one tensor in, one tensor out (no list or tuple built per call).
-        self._simple = not self._cuda and len(meta.inputs) == 1
-        self._one_out = len(meta.outputs) == 1
+        return module
+
+    def _load_exported(self, path: Path, optimize: bool) -> Any:
+        # Imported here: a TorchScript worker never pays for torch.export's modules.
+        from torch.export.passes import move_to_device_pass
+
+        program = torch.export.load(str(path))
+        # A saved program keeps the device its tensors were exported on: move it to ours
+        # (weights, buffers, constants and device arguments in the graph alike).
+        program = move_to_device_pass(program, self.device)
+        if optimize:
+            log.info("%s is a torch.export program: freezing and optimize_for_inference are TorchScript "
+                     "passes, so it is served as exported", path.name)
+        # No .eval(): an exported module refuses it; the program runs in the mode it was exported in.
+        return program.module()
 
     def forward(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Run one forward on numpy inputs (in signature order); return numpy outputs.

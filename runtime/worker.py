@@ -29,13 +29,13 @@ import torch
 from router.proto import link
 from router.proto.errors import FrameError, InternalError, RouterError
 from router.proto.framing import FrameScanner
-from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO
+from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO, STATUS_REFUSED
 from router.proto.meta import ModelMeta
 
 from .batcher import Batcher, Reply
 from .codecs import Request, decode_reply, decode_request, example_request
 from .express import Express
-from .model import Model
+from .model import Model, refusal_of
 
 log = logging.getLogger("runtime.worker")
 
@@ -203,25 +203,43 @@ class Worker:
             first_at = time.monotonic()
 
 
+def refuse(sock: socket.socket, exc: BaseException) -> None:
+    """Tell the router why this worker will not serve its version (``STATUS_REFUSED``, instead of the hello)."""
+    reason, message = refusal_of(exc)
+    # The traceback helps only when torch itself failed; a refused check says everything in one line.
+    log.error("refusing to serve (%s): %s", reason, message, exc_info=exc if reason == "load" else None)
+    try:
+        sock.sendall(link.pack(0, STATUS_REFUSED, 0, msgpack.packb({"reason": reason, "error": message})))
+    except OSError:  # the router is gone: nobody to tell
+        pass
+
+
 def run(spec: WorkerSpec) -> int:
-    """Load the model, say hello, serve until the router goes away."""
+    """Check and load the model, say hello, serve until the router goes away.
+
+    A version that fails its checks or does not load is refused (:func:`refuse`) and the worker exits 1.
+    """
     die_with_parent(spec.parent_pid)
     # Ctrl-C reaches the whole process group; the router owns shutdown and
     # stops workers itself after draining.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Request arrays come from np.frombuffer (read-only); torch only reads them.
     warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-    from router.proto.meta import MODEL_FILE, read_meta
-
-    from .model import pin
+    from .model import load_version, pin
 
     sock = socket.socket(fileno=spec.fd)
     pin(spec.cpus, spec.threads)
-    meta = read_meta(spec.model_dir)
     t0 = time.monotonic()
-    model = Model(os.path.join(spec.model_dir, MODEL_FILE), meta, spec.device, spec.optimize)
-    log.info("loaded %s/%s on %s in %.0f ms (cpus %s, %d threads)", spec.name, spec.version, spec.device,
-             (time.monotonic() - t0) * 1000, sorted(os.sched_getaffinity(0)), spec.threads)
+    try:
+        # Every load checks the file's sha256 and that meta.json names this model and version.
+        model = load_version(spec.model_dir, spec.name, spec.version, spec.device, spec.optimize)
+    except Exception as exc:
+        refuse(sock, exc)
+        return 1
+    meta = model.meta
+    log.info("loaded %s/%s (%s) on %s in %.0f ms (cpus %s, %d threads)", spec.name, spec.version,
+             "torch.export" if model.exported else "TorchScript", spec.device, (time.monotonic() - t0) * 1000,
+             sorted(os.sched_getaffinity(0)), spec.threads)
     worker = Worker(spec, sock, model, meta)
     # torch, numpy and the model are loaded for good: keep the collector from
     # walking them again and again (a full collection of them is a latency spike).

@@ -18,6 +18,9 @@ import pytest
 from conftest import ROOT, Daemon, children_of, free_port, write_config
 from test_shadow import metric, scrape, wait_for
 
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
+pytestmark = pytest.mark.daemon
+
 BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
                                "data": [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]}]}).encode()
 
@@ -197,6 +200,9 @@ def test_a_replaced_model_file_is_deployed_and_a_broken_one_changes_nothing(stor
             # A new file for version 1 (other weights): same signature, other answers.
             for f in ("model.pt", "meta.json"):
                 shutil.copy(store / "mlp-small" / "2" / f, local / "mlp-small" / "1" / f)
+            meta = json.loads((local / "mlp-small" / "1" / "meta.json").read_text())
+            meta["version"] = "1"  # every load checks that meta.json names its own directory
+            (local / "mlp-small" / "1" / "meta.json").write_text(json.dumps(meta))
             status, res = post_reload(d)
             assert status == 200 and res["deployed"] == {
                 "mlp-small": ["mlp-small/1: model file replaced (sha256 changed)"]}
@@ -315,6 +321,7 @@ def test_a_model_that_raises_on_warm_up_aborts_the_deploy(store, tmp_path):
     shutil.copytree(store / "mlp-small" / "faulty", local / "mlp-small" / "bad")
     meta = json.loads((local / "mlp-small" / "bad" / "meta.json").read_text())
     meta["example"] = {"x": [[5000.0, 0.0, 0.0, 0.0]]}  # beyond +-1000: the model raises on it
+    meta["version"] = "bad"  # every load checks that meta.json names its own directory
     (local / "mlp-small" / "bad" / "meta.json").write_text(json.dumps(meta))
     cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}])
     d = Daemon(cfg, free_port(), free_port(), dict(os.environ))

@@ -1,4 +1,5 @@
 """What a worker imports: the protocol kernel only, and a model's custom operators only when told to.
+What the daemon imports: neither torch nor the model tools, ``router package`` included until it runs.
 
 Each check runs in a fresh interpreter, since this test process has long imported
 the rest of the router and the fixture models' operator.
@@ -18,7 +19,7 @@ from runtime.model import PRELOAD_ENV, preload
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_MODULES = ("runtime", "runtime.__main__", "runtime.worker", "runtime.model", "runtime.codecs",
-                  "runtime.express", "runtime.batcher", "runtime.compare")
+                  "runtime.express", "runtime.batcher", "runtime.compare", "runtime.validate")
 
 # Prints the router and modelkit modules loaded and whether the fixture operator is registered.
 IMPORTS = f"""
@@ -32,6 +33,17 @@ print(json.dumps({{
     "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("router", "modelkit")),
     "sleep_us": hasattr(torch.ops.router, "sleep_us"),
 }}))
+"""
+
+# Imports the daemon and parses a ``router package`` command line; prints what came in from torch,
+# modelkit and runtime.
+DAEMON_IMPORTS = """
+import json, sys
+import router.server
+from router.cli import build_parser
+args = build_parser().parse_args(["package", "m.pt2", "--example", "e.npz", "-o", "m.tar.gz"])
+assert args.func.__name__ == "cmd_package"
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "modelkit", "runtime"))))
 """
 
 # Loads the model in argv[1] with runtime.model.Model and runs its example-sized input.
@@ -80,6 +92,13 @@ def test_the_slow_fixture_loads_only_with_the_preload(store: Path) -> None:
     loaded = python(LOAD, slow, preload=" modelkit.fixture_ops ,")
     assert loaded.returncode == 0, loaded.stderr
     assert loaded.stdout.split() == ["(2,", "3)"]
+
+
+@pytest.mark.daemon
+def test_the_daemon_and_its_command_line_import_no_torch_and_no_model_tools() -> None:
+    proc = python(DAEMON_IMPORTS)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
 
 
 def test_preload_names_the_variable_when_a_module_is_missing() -> None:

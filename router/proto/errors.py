@@ -39,6 +39,19 @@ class ConfigError(RouterError, ValueError):
     status = 400
 
 
+class IntegrityError(ConfigError):
+    """A model version's files disagree with its ``meta.json``, or ``meta.json`` with its directory.
+
+    ``reason`` is ``"integrity"`` (the model file's sha256 is not the one ``meta.json``
+    records) or ``"identity"`` (``meta.json`` names another model or version than the
+    directory it is in); the message names both values.
+    """
+
+    def __init__(self, message: str = "", reason: str = "integrity") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class ConfigFileError(RouterError):
     """``config.toml`` cannot take a change (409) or cannot be written (500); nothing was changed."""
 
@@ -59,6 +72,27 @@ class DeployFailed(RouterError):
 
 class NoPreviousPool(RouterError):
     """A rollback found no previous pool kept warm."""
+
+    status = 409
+
+
+class BadArchive(RouterError, ValueError):
+    """A pushed model version is refused: the upload (an archive, or a bare model file), its
+    ``meta.json``, or the model or version name is wrong. The message names what and, for an
+    archive, which entry; nothing was stored (``router.store``)."""
+
+    status = 400
+
+
+class UploadTooLarge(BadArchive):
+    """A pushed upload is larger, or unpacks to more, than the store's limits allow; it was
+    stopped while streaming, before the limit was passed on disk (``router.store``)."""
+
+    status = 413
+
+
+class VersionExists(RouterError):
+    """A pushed version already exists with other contents: versions are immutable (``router.store``)."""
 
     status = 409
 
@@ -112,6 +146,20 @@ class WorkerUnavailable(InferenceError):
     """No live worker can take the request (dead, starting, or overloaded)."""
 
     status = 503
+
+
+class ModelLoadFailed(WorkerUnavailable):
+    """A worker did not become ready to serve its model version.
+
+    ``reason`` says why, one of ``router.proto.link.LOAD_FAILURES``: the worker
+    refused the version (``integrity``, ``identity``, ``meta``, ``load``; sent on
+    the link as ``STATUS_REFUSED``), or the router gave up on it (``exited``,
+    ``timeout``, ``warmup``).
+    """
+
+    def __init__(self, message: str = "", reason: str = "load") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DeadlineExceeded(InferenceError):

@@ -15,7 +15,11 @@ Worker -> router, a msgpack array ``[rid, status, header_len, payload]``:
     in the request's format and ``header_len`` its JSON header length (binary
     outputs only, else 0); otherwise ``payload`` is the UTF-8 error message.
     ``rid == 0`` carries ``STATUS_HELLO`` once the model is loaded, with a
-    msgpack map payload describing the worker (pid, device, cpus, threads).
+    msgpack map payload describing the worker (pid, device, cpus, threads);
+    or, instead of the hello, ``STATUS_REFUSED`` when the worker will not serve
+    its version (its file fails the sha256 check, ``meta.json`` names another
+    version, the model does not load), with a msgpack map ``{"reason": one of
+    REFUSALS, "error": message}``; the worker then exits.
 
 Shadow copies (``kind`` = format | ``SHADOW``) carry the live reply too: the
 payload is an 8-byte prefix ``>II`` (request length, live reply's header
@@ -41,6 +45,16 @@ KIND_WARMUP = 9
 SHADOW = 0x10
 
 STATUS_HELLO = 1
+STATUS_REFUSED = 2
+
+#: Why a worker refuses its model version (``STATUS_REFUSED``): the model file's sha256 is not
+#: meta.json's (integrity), meta.json names another model or version than its directory
+#: (identity), meta.json or the version's files are invalid (meta), or loading raised (load).
+REFUSALS = ("integrity", "identity", "meta", "load")
+#: Every reason a replica fails to become ready (``ModelLoadFailed.reason``): a refusal, or
+#: the worker died before its hello (exited), was not ready in time (timeout), or its warm-up
+#: request failed (warmup).
+LOAD_FAILURES = (*REFUSALS, "exited", "timeout", "warmup")
 
 # Every link frame has the same fixed-width layout, which is valid msgpack
 # (array of 4: uint32 rid, uint16 code, uint32 header_len, bin32 payload) and

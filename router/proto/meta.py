@@ -4,6 +4,11 @@ Shared by the router (model metadata endpoints, never tensors) and the workers
 (decoding and validation). Pure Python: the router must not import numpy-heavy
 or torch code just to describe a model.
 
+A version directory holds exactly one model file -- ``model.pt`` (TorchScript)
+or ``model.pt2`` (a ``torch.export`` program, ``torch.export.save``) -- found
+by :func:`model_file`, its ``meta.json``, and optionally ``sample.npz`` (a
+reference sample of inputs). :func:`verify` is what every load checks first.
+
 Layout of ``<store>/<model>/<version>/meta.json``::
 
     {"name": "fraud", "version": "1", "platform": "pytorch_torchscript",
@@ -19,12 +24,13 @@ dim 0.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, IntegrityError, shown
 
 #: OIP datatype -> numpy dtype name (little-endian on the wire). BYTES and BF16
 #: have no TorchScript tensor equivalent here, so they are not served.
@@ -44,7 +50,17 @@ DATATYPES: dict[str, str] = {
 }
 
 META_FILE = "meta.json"
+#: ``meta.json``'s ``platform`` for each model file format.
+PLATFORM_TORCHSCRIPT = "pytorch_torchscript"
+PLATFORM_EXPORT = "pytorch_export"
+#: A TorchScript archive (``torch.jit.save``); what the demo and fixture models are.
 MODEL_FILE = "model.pt"
+#: A ``torch.export`` program (``torch.export.save``).
+EXPORT_FILE = "model.pt2"
+#: Model file name -> the platform ``meta.json`` must declare for it.
+MODEL_FILES: dict[str, str] = {MODEL_FILE: PLATFORM_TORCHSCRIPT, EXPORT_FILE: PLATFORM_EXPORT}
+#: Optional reference sample of inputs (``.npz`` keyed by input name), for drift monitoring.
+SAMPLE_FILE = "sample.npz"
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +134,7 @@ def parse_meta(raw: Any, where: str = "meta.json") -> ModelMeta:
     return ModelMeta(
         name=str(raw.get("name", "")),
         version=str(raw.get("version", "")),
-        platform=str(raw.get("platform", "pytorch_torchscript")),
+        platform=str(raw.get("platform", PLATFORM_TORCHSCRIPT)),
         inputs=inputs,
         outputs=outputs,
         example=example,
@@ -142,3 +158,60 @@ def read_meta(version_dir: str | Path) -> ModelMeta:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: unreadable: {exc}") from None
     return parse_meta(raw, str(path))
+
+
+def model_file(version_dir: str | Path) -> Path:
+    """The one model file of a version directory: ``model.pt`` or ``model.pt2``.
+
+    Raises:
+        ConfigError: naming the directory, when it holds neither or both.
+    """
+    d = Path(version_dir)
+    found = [d / name for name in MODEL_FILES if (d / name).is_file()]
+    if not found:
+        raise ConfigError(f"no model file in {d} ({' or '.join(MODEL_FILES)})")
+    if len(found) > 1:
+        raise ConfigError(f"two model files in {d} ({' and '.join(MODEL_FILES)}): a version has exactly one")
+    return found[0]
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's contents, read in ``chunk``-byte blocks (never whole in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify(version_dir: str | Path, meta: ModelMeta, name: str | None = None, version: str | None = None, *,
+           integrity: bool = True) -> Path:
+    """What every load checks before it loads: returns the version's model file.
+
+    ``meta`` (read from ``version_dir``) must name the model ``name`` and the version
+    ``version`` of its directory (each checked when given), declare the platform of the
+    model file it sits beside, and, with ``integrity``, record that file's sha256.
+    The file is hashed in blocks: a load pays one read of it.
+
+    Raises:
+        IntegrityError: ``reason`` ``"identity"`` (another model or version) or
+            ``"integrity"`` (no sha256, or another one); the message names both values.
+        ConfigError: no model file or two, or a platform that is not the file's.
+    """
+    for what, declared, actual in (("model", meta.name, name), ("version", meta.version, version)):
+        if actual is not None and declared != actual:
+            raise IntegrityError(f"meta.json names {what} {shown(declared)} but the directory is {what} "
+                                 f"{shown(actual)}", "identity")
+    path = model_file(version_dir)
+    platform = MODEL_FILES[path.name]
+    if meta.platform != platform:
+        raise ConfigError(f"meta.json declares platform {shown(meta.platform)} but the model file is {path.name} "
+                          f"({platform})")
+    if integrity:
+        if not meta.sha256:
+            raise IntegrityError(f"meta.json records no sha256 for {path.name}", "integrity")
+        digest = sha256_file(path)
+        if digest != meta.sha256:
+            recorded = meta.sha256 if len(meta.sha256) <= 64 else f"{meta.sha256[:64]}..."
+            raise IntegrityError(f"{path.name} sha256 {digest} does not match meta.json's {recorded}", "integrity")
+    return path
