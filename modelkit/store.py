@@ -10,7 +10,6 @@ overwritten.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from typing import Any
 import torch
 
 from router.proto.errors import ConfigError
-from router.proto.meta import META_FILE, MODEL_FILE, parse_meta, read_meta
+from router.proto.meta import META_FILE, MODEL_FILE, parse_meta, read_meta, sha256_file
 
 __all__ = ["PLATFORM", "TMP_PREFIX", "check_version", "sha256_file", "utc_now_iso", "write_version"]
 
@@ -44,15 +43,6 @@ _CORE_KEYS = frozenset(
         "description",
     }
 )
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 digest of a file's contents."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def utc_now_iso() -> str:
