@@ -12,7 +12,9 @@ Browsers are kept out, so that no web page a developer visits can drive the
 router (cross-site requests, DNS rebinding): a request whose ``Origin`` is not
 the router's own is refused (403), every write must carry
 ``Content-Type: application/json`` (415: a page can send a cross-site
-``text/plain`` POST without asking, but not a JSON one), and without a token
+``text/plain`` POST without asking, but not a JSON one; a push carries one of
+:data:`PUSH_TYPES` instead, none of which a page can send without a CORS
+preflight either), and without a token
 the ``Host`` header must name a loopback address (403: a rebound DNS name
 reaches 127.0.0.1 but still says its own name).
 """
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .app import read_body
+from .app import body_chunks, read_body
 from .config import Address, Config
 from .limits import Timeouts
 from .proto.errors import ConfigError, ReloadRefused, RouterError, shown
@@ -92,6 +94,10 @@ def _error(status: int, message: str) -> web.Response:
 
 
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+#: The body types of a push (a bare model file, a .tar.gz, a .zip): like JSON, none is a "simple" type
+#: a cross-site page may send without a CORS preflight (Fetch standard, CORS-safelisted request-header).
+PUSH_TYPES = frozenset({"application/octet-stream", "application/gzip", "application/x-gzip", "application/zip"})
+_PUSH_ROUTE = "push"
 
 
 def _host_name(host: str) -> str:
@@ -112,9 +118,18 @@ def browser_refusal(request: web.Request, token: str | None) -> web.Response | N
     if token is None and not is_loopback(_host_name(host)):
         return _error(403, f"Host {shown(host)} is not a loopback name: without an admin token the admin API "
                            "answers only requests addressed to localhost")
-    if request.method in _WRITES and request.content_type != "application/json":
-        return _error(415, f"admin changes need 'Content-Type: application/json' (got "
-                           f"{shown(request.headers.get('Content-Type', 'none'))})")
+    if request.method in _WRITES:
+        route = request.match_info.route
+        if route.name == _PUSH_ROUTE:
+            # Checked on the header itself: aiohttp reads a missing one as application/octet-stream, and a
+            # page may post a Blob with no type (so no Content-Type) across sites without a preflight.
+            if "Content-Type" not in request.headers or request.content_type not in PUSH_TYPES:
+                return _error(415, f"a push needs 'Content-Type: application/octet-stream' (or "
+                                   f"{', '.join(sorted(PUSH_TYPES - {'application/octet-stream'}))}; got "
+                                   f"{shown(request.headers.get('Content-Type', 'none'))})")
+        elif request.content_type != "application/json":
+            return _error(415, f"admin changes need 'Content-Type: application/json' (got "
+                               f"{shown(request.headers.get('Content-Type', 'none'))})")
     return None
 
 
@@ -219,6 +234,19 @@ class AdminHandlers:
     async def rollback(self, request: web.Request) -> web.Response:
         return web.json_response((await self.control.rollback(request.match_info["model"])).to_json())
 
+    async def push(self, request: web.Request) -> web.Response:
+        """A version's body (an archive or a bare model file), streamed into the store: 201 stored,
+        200 already stored with these contents; ``?description=`` fills meta.json's where it has none."""
+        mi = request.match_info
+        limit = self.control.config.store.max_push_bytes
+        result = await self.control.push(mi["model"], mi["version"],
+                                         body_chunks(request, limit, request.app[_TIMEOUTS]),
+                                         size=request.content_length,
+                                         description=request.query.get("description"))
+        if result.created:
+            return web.json_response(result.to_json(), status=201)
+        return web.json_response(result.to_json())
+
 
 def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts) -> web.Application:
     """The ``/admin/`` sub-application over ``control``, guarded by :func:`auth_middleware`."""
@@ -231,4 +259,5 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app.router.add_post("/reload", h.reload)
     app.router.add_post("/models/{model}/rollback", h.rollback)
     app.router.add_post("/models/{model}/deploy", h.deploy)
+    app.router.add_post("/models/{model}/versions/{version}", h.push, name=_PUSH_ROUTE)
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from http import HTTPStatus
 from time import monotonic
 from typing import TYPE_CHECKING, Any
@@ -101,19 +102,23 @@ def _no_linger(request: web.Request) -> None:
         proto.no_linger()
 
 
-async def read_body(request: web.Request, max_body: int, timeouts: Timeouts) -> bytes:
-    """The request's body, within ``max_body`` and the body timeout (a slow body must keep moving).
+async def body_chunks(request: web.Request, max_body: int, timeouts: Timeouts) -> AsyncIterator[bytes]:
+    """The request's body as it arrives, chunk by chunk, within ``max_body`` and the body timeout
+    (a slow body must keep moving: ``body_timeout_s`` + 1 s per ``body_min_rate`` bytes received).
+
+    A ``Content-Length`` over ``max_body`` is refused before any byte is read. The consumer may
+    pause between chunks (a push writes each block to disk): the time it takes counts against
+    the client, as TCP slows the client down meanwhile.
 
     Raises:
         PayloadTooLarge: over ``max_body``.
-        RequestTimeout: ``body_timeout_s`` + 1 s per ``body_min_rate`` bytes went by.
+        RequestTimeout: the body stopped moving (the connection is closed after the answer).
         BadRequest: the body is malformed (a bad chunk, shorter than its length).
     """
     n = request.content_length
     if n is not None and n > max_body:
         raise PayloadTooLarge(f"body of {n} bytes exceeds the limit of {max_body} bytes")
     content = request.content
-    chunks: list[bytes] = []
     got = 0
     start = monotonic()
     while True:
@@ -129,11 +134,20 @@ async def read_body(request: web.Request, max_body: int, timeouts: Timeouts) -> 
         except web.RequestPayloadError as exc:
             raise BadRequest(f"malformed request body: {exc}") from None
         if not chunk:
-            return b"".join(chunks)
+            return
         got += len(chunk)
         if got > max_body:
             raise PayloadTooLarge(f"body exceeds the limit of {max_body} bytes")
-        chunks.append(chunk)
+        yield chunk
+
+
+async def read_body(request: web.Request, max_body: int, timeouts: Timeouts) -> bytes:
+    """The request's body, whole, within ``max_body`` and the body timeout (:func:`body_chunks`).
+
+    Raises:
+        PayloadTooLarge, RequestTimeout, BadRequest: as :func:`body_chunks`.
+    """
+    return b"".join([chunk async for chunk in body_chunks(request, max_body, timeouts)])
 
 
 class Handlers:

@@ -1,4 +1,4 @@
-"""``router``: the command line (serve, demo-models, package, traffic, shadow, reload, deploy, rollback, status).
+"""``router``: the command line (serve, demo-models, package, push, traffic, shadow, reload, deploy, rollback, status).
 
 Every command but ``serve``, ``demo-models`` and ``package`` calls the admin API, sending
 ``ROUTER_ADMIN_TOKEN`` as a bearer token when it is set.
@@ -16,7 +16,7 @@ from typing import Any
 from .admin import TOKEN_ENV, check_bind, resolve_token
 from .config import load_config, parse_address
 from .proto.errors import ConfigError, RouterError
-from .results import ReloadResult, StatusResult, SwapResult, TrafficResult
+from .results import PushedVersion, ReloadResult, StatusResult, SwapResult, TrafficResult
 
 log = logging.getLogger("router")
 
@@ -129,6 +129,87 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: object =
         raise RouterError(f"cannot reach the router at {_admin_url(args)}: {e.reason}") from None
 
 
+#: Files over this size get a progress bar on stderr while they are pushed.
+_PROGRESS_BYTES = 8 << 20
+_PUSH_BLOCK = 1 << 20
+
+
+def _push_file(args: argparse.Namespace, path: str, size: int) -> Any:
+    """Stream ``path`` to the push endpoint in blocks, with its Content-Length; returns the decoded JSON.
+
+    Raises:
+        RouterError: the server's error (status and message), or the router cannot be reached.
+    """
+    import http.client
+    import json
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(_admin_url(args))
+    query = urllib.parse.urlencode({"description": args.description}) if args.description is not None else ""
+    target = (f"{url.path.rstrip('/')}/admin/models/{urllib.parse.quote(args.model, safe='')}/versions/"
+              f"{urllib.parse.quote(args.version, safe='')}" + (f"?{query}" if query else ""))
+    conn_cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    # The validation loads the model and runs its example in a fresh process: allow it its time.
+    conn = conn_cls(url.hostname or "127.0.0.1", url.port, timeout=600)
+    show = size > _PROGRESS_BYTES and sys.stderr.isatty()  # no \r-redrawn lines in a log
+    try:
+        conn.putrequest("POST", target)
+        conn.putheader("Content-Type", "application/octet-stream")
+        conn.putheader("Content-Length", str(size))
+        token = os.environ.get(TOKEN_ENV, "").strip()
+        if token:
+            conn.putheader("Authorization", f"Bearer {token}")
+        conn.endheaders()
+        sent = 0
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(_PUSH_BLOCK):
+                    conn.send(block)
+                    sent += len(block)
+                    if show:
+                        _progress(sent, size)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the router refused early (413, 400...): its answer says why
+        if show:
+            sys.stderr.write("\n" if sent >= size else " (refused)\n")
+        r = conn.getresponse()
+        data = r.read()
+    except OSError as exc:
+        raise RouterError(f"cannot push to the router at {_admin_url(args)}: {exc}") from None
+    finally:
+        conn.close()
+    try:
+        body = json.loads(data)
+    except ValueError:
+        raise RouterError(f"{r.status}: {data[:200]!r}", r.status) from None
+    if r.status >= 400:
+        raise RouterError(f"{r.status}: {body.get('error') if isinstance(body, dict) else body}", r.status)
+    return body
+
+
+def _progress(sent: int, size: int) -> None:
+    width = 30
+    done = width * sent // size
+    sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {100 * sent // size:3d}% "
+                     f"{sent >> 20}/{size >> 20} MiB")
+    sys.stderr.flush()
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    try:
+        size = os.stat(args.file).st_size
+    except OSError as exc:
+        log.error("cannot read %s: %s", args.file, exc.strerror)
+        return 2
+    try:
+        res = PushedVersion.from_json(_push_file(args, args.file, size))
+    except (RouterError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 1
+    print(res.text())
+    return 0
+
+
 def _pairs(items: list[str], what: str) -> dict[str, float] | None:
     out: dict[str, float] = {}
     for item in items:
@@ -214,6 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--description", help="free text for meta.json")
     k.add_argument("--sample", metavar="SAMPLE.npz", help="reference inputs for drift monitoring (sample.npz)")
     k.set_defaults(func=cmd_package)
+    u = sub.add_parser("push", help="push a model version (a package archive or a bare .pt/.pt2) into the store")
+    u.add_argument("model")
+    u.add_argument("version")
+    u.add_argument("file", metavar="FILE", help="archive from `router package` (.tar.gz, .zip) or a model file")
+    u.add_argument("--description", help="meta.json description, where the archive gives none")
+    u.add_argument("--config", default="config.toml", help="config whose server.http to call")
+    u.add_argument("--url", help="router base URL (default: from the config)")
+    u.set_defaults(func=cmd_push)
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
                               ("shadow", cmd_traffic, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),

@@ -175,11 +175,6 @@ def _versions(versions: tuple[VersionConfig, ...], where: str, ctx: Ctx) -> tupl
     return versions
 
 
-def _store_path(v: Any, where: str, ctx: Ctx) -> Path:
-    # `[store]` is a table of its own; Config keeps only its path.
-    return _read_table(StoreConfig, {} if v is None else v, where, ctx.base).path
-
-
 # -- the tables -----------------------------------------------------------------
 
 
@@ -280,11 +275,14 @@ class ModelConfig:
 
 @dataclass(frozen=True, slots=True)
 class StoreConfig:
-    """``[store]``; :class:`Config` keeps its ``path`` as ``store_path``."""
+    """``[store]``: where versions are kept, and what one push may cost (``POST /admin/models/{m}/versions/{v}``)."""
 
     TABLE: ClassVar[str] = "[store]"
 
     path: Path = setting(Path("model-store"), doc="the model store: <path>/<model>/<version>/model.pt")
+    max_push_bytes: int = setting(2 << 30, lo=1, doc="largest push body (an archive or a bare model file); 413 past it")
+    validate_timeout_s: float = setting(120.0, lo=1, hi=3600, doc="seconds the validation of a pushed version may take")
+    validate_memory_mb: int = setting(4096, lo=256, doc="memory limit (RLIMIT_DATA, MiB) of the validation process")
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,10 +299,15 @@ class Config:
     """The whole daemon configuration. Built by :func:`load_config` / :func:`parse_config`."""
 
     server: ServerConfig = setting(doc="[server]")
-    store_path: Path = setting(key="store", parse=_store_path, doc="[store] path")
+    store: StoreConfig = setting(doc="[store]")
     models: tuple[ModelConfig, ...] = setting(check=_unique("name", "model"), doc="[[models]]")
     source: Path | None = field(default=None, compare=False)  # the file it was read from; not a key
     admin: AdminConfig = setting(AdminConfig(), doc="[admin]")
+
+    @property
+    def store_path(self) -> Path:
+        """``store.path``: the model store's directory."""
+        return self.store.path
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:

@@ -7,14 +7,20 @@ file cannot take changes nothing, and a restart never undoes one), then
 applies it to the routing tables or the pools (:mod:`router.deployments`).
 Each operation returns a result object (:mod:`router.results`); the admin
 API, the CLI and the UI only render them.
+
+Pushing a version into the model store (:meth:`ControlPlane.push`) changes no
+serving state: it takes no lock (a 2 GiB upload must not hold up a traffic
+change), and the store itself settles concurrent pushes of one version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
-from collections.abc import Mapping
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from . import configfile, reload
@@ -22,10 +28,21 @@ from .config import Config, ModelConfig, VersionConfig, parse_model, parse_value
 from .configfile import plain_number
 from .deployments import Deployments
 from .metrics import Metrics
-from .proto.errors import ConfigError, ConfigFileError, DeployFailed, NotFound, ReloadRefused, shown
-from .results import ReloadResult, StatusResult, SwapResult, TrafficResult
+from .proto.errors import (
+    BadArchive,
+    ConfigError,
+    ConfigFileError,
+    DeployFailed,
+    NotFound,
+    ReloadRefused,
+    UploadTooLarge,
+    ValidationFailed,
+    shown,
+)
+from .results import PushedVersion, ReloadResult, StatusResult, SwapResult, TrafficResult
 from .routing import Pool, Routing
 from .state import ServerState
+from .store import DEFAULT_LIMITS, Staged, Upload, commit, prepare
 
 log = logging.getLogger("router.control")
 
@@ -258,3 +275,112 @@ class ControlPlane:
     def _swapped(self, action: Any, model: str, swap: float) -> SwapResult:
         pool = self.routing.active[model]
         return SwapResult(action, model, pool.color, round(swap * 1e6, 1), [v.version for v in pool.config.versions])
+
+    # -- the model store -----------------------------------------------------------------------------------
+
+    async def push(self, model: str, version: str, chunks: AsyncIterator[bytes], *, size: int | None = None,
+                   description: str | None = None) -> PushedVersion:
+        """Receive a version into the model store, validate it in a fresh process, and store it.
+
+        The body streams to ``<store>/.staging/`` (never held whole); a version already stored with
+        the same contents is answered at once (``created`` false); otherwise ``python -m runtime
+        validate`` loads it and runs its example under ``store.validate_timeout_s`` and
+        ``store.validate_memory_mb`` before it is committed. Nothing is left in staging on any error.
+        The model need not be in ``config.toml``: the store is apart from what serves.
+
+        Args:
+            chunks: the body (:func:`router.app.body_chunks`), consumed here.
+            size: its announced length, if any: over ``store.max_push_bytes`` is refused unread.
+            description: ``meta.json``'s ``description`` where the push's own gives none.
+
+        Raises:
+            BadArchive: 400, a bad name, archive or ``meta.json`` (naming what).
+            UploadTooLarge: 413, over ``store.max_push_bytes`` or the unpacking limits.
+            VersionExists: 409, the version is stored with other contents.
+            ValidationFailed: 422, the validation failed (its reason and error).
+            RequestTimeout, BadRequest, PayloadTooLarge: from ``chunks``.
+        """
+        sc = self.config.store
+        if size is not None and size > sc.max_push_bytes:
+            raise UploadTooLarge(f"push of {size} bytes exceeds store.max_push_bytes ({sc.max_push_bytes})")
+        limits = dataclasses.replace(DEFAULT_LIMITS, max_upload_bytes=sc.max_push_bytes)
+        up = await self._in_thread(Upload.open, sc.path, model, version, limits)
+        try:
+            async for chunk in chunks:
+                await up.write(chunk)
+            await up.finish()
+        except BaseException:
+            await _cleanup(up.discard)
+            raise
+        staged: Staged = await self._in_thread(prepare, up)  # removes the staging directory on error
+        try:
+            if staged.same:
+                result = await self._in_thread(commit, staged, None)
+            else:
+                extra = _described(staged, description)
+                extra.update(await self._validate(staged))
+                result = await self._in_thread(commit, staged, extra)
+        except BaseException:
+            await _cleanup(staged.discard)
+            raise
+        log.info("push of %s version %s: %s", model, version, "stored" if result.created else "already stored")
+        return PushedVersion(result.model, result.version, result.created, result.meta)
+
+    async def _validate(self, staged: Staged) -> dict[str, Any]:
+        """Run ``python -m runtime validate`` on the staged version; the ``meta.json`` fields it adds.
+
+        The workers' environment (``ROUTER_WORKER_PRELOAD``) passes through, as to a worker.
+
+        Raises:
+            ValidationFailed: 422, ``"<reason>: <error>"`` of a failed validation.
+        """
+        sc = self.config.store
+        argv = [sys.executable, "-m", "runtime", "validate", "--model-dir", str(staged.path),
+                "--name", staged.model, "--version", staged.version,
+                "--timeout", f"{sc.validate_timeout_s:g}", "--memory-mb", str(sc.validate_memory_mb)]
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE)
+        try:
+            # The supervisor enforces the time limit itself; this bound only covers a supervisor that hangs.
+            out, _ = await asyncio.wait_for(proc.communicate(), sc.validate_timeout_s + 30)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.shield(proc.wait())
+            raise
+        try:
+            answer = json.loads(out.decode().strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            answer = {"ok": False, "reason": "crashed",
+                      "error": f"the validation ended with status {proc.returncode} and no answer"}
+        if not answer.get("ok"):
+            log.warning("push of %s version %s refused by its validation: %s: %s", staged.model, staged.version,
+                        answer.get("reason"), answer.get("error"))
+            raise ValidationFailed(f"validation failed: {answer.get('reason')}: {answer.get('error')}")
+        log.info("validated %s version %s in %.1f s (peak RSS %s MiB)", staged.model, staged.version,
+                 answer.get("seconds", 0), answer.get("peak_rss_mb"))
+        # A push without a signature (a bare model file) gets the outputs the validation saw.
+        return {} if "outputs" in staged.meta else {"outputs": answer.get("outputs", [])}
+
+
+def _described(staged: Staged, description: str | None) -> dict[str, Any]:
+    """``{"description": ...}`` to add to ``meta.json``, where the push's own gives none.
+
+    Raises:
+        BadArchive: the push's ``meta.json`` gives another description.
+    """
+    if description is None:
+        return {}
+    given = staged.given.get("description")
+    if given is not None and given != description:
+        raise BadArchive(f"meta.json gives description {shown(given)} but the push says {shown(description)}")
+    return {} if given is not None else {"description": description}
+
+
+async def _cleanup(fn: Callable[[], None]) -> None:
+    """Run a blocking cleanup in a thread; if this task is cancelled meanwhile, finish it here."""
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, fn)
+    except asyncio.CancelledError:
+        fn()  # safe to call twice; a leftover would otherwise wait for the next start
+        raise

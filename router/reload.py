@@ -68,11 +68,9 @@ def plan(running: Config, new: Config, digests: dict[tuple[str, str], str],
     """Compare ``new`` with the running configuration."""
     live: list[str] = []
     refused: list[str] = []
-    for section in ("server", "admin"):
+    for section in ("server", "store", "admin"):
         if getattr(running, section) != getattr(new, section):
             refused.append(f"[{section}] changed: needs a restart")
-    if running.store_path != new.store_path:
-        refused.append("store.path changed: needs a restart")
     old_models = {m.name: m for m in running.models}
     new_models = {m.name: m for m in new.models}
     for name in sorted(set(old_models) - set(new_models)):

@@ -119,3 +119,29 @@ class StatusResult:
                     lines.append(f"    #{w['replica']} pid {w['pid']} {w['state']:<10} cpus {w['cpus']} "
                                  f"in flight {w['outstanding']} restarts {w['restarts']}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class PushedVersion:
+    """A push into the model store: the version's stored ``meta.json``, and whether this push created it
+    (201) or found the same contents already stored (200)."""
+
+    model: str
+    version: str
+    created: bool
+    meta: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PushedVersion:
+        return cls(d["model"], d["version"], d["created"], d["meta"])
+
+    def text(self) -> str:
+        m = self.meta
+        what = (f"{m.get('platform', '?')}, {m.get('size', '?')} bytes, sha256 {str(m.get('sha256', '?'))[:12]}, "
+                f"pushed {m.get('created', '?')}")
+        if self.created:
+            return f"stored {self.model} version {self.version} ({what})"
+        return f"{self.model} version {self.version} is already stored with these contents ({what})"

@@ -30,6 +30,7 @@ from .poll import BusyPoll
 from .proto.errors import ConfigError, DeployFailed, ReloadRefused
 from .routing import Routing
 from .state import ServerState
+from .store import clean_staging
 from .wire import WireProtocol
 
 log = logging.getLogger("router.server")
@@ -97,6 +98,8 @@ class Server:
     async def start(self) -> None:
         """Start workers (waiting until each answered its warm-up), then the listeners."""
         t0 = time.monotonic()
+        # Before any push can run: what a crash left in the store's staging area is never a version.
+        await asyncio.to_thread(clean_staging, self.config.store_path)
         log.info("starting %d worker(s) for %d model(s)", len(self.deployments.replicas), len(self.routing.active))
         await self.deployments.start()
         log.info("all workers live in %.2f s", time.monotonic() - t0)

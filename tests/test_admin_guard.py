@@ -84,6 +84,25 @@ def test_admin_writes_need_the_json_content_type(daemon):
     assert status == 200
 
 
+def test_a_push_needs_a_binary_content_type_and_the_same_browser_checks(daemon):
+    d = daemon
+    path = "/admin/models/fraud/versions/9"
+    # text/plain (what a page may post across sites without a preflight), JSON, or nothing: refused unread.
+    for headers in (local(d, **{"Content-Type": "text/plain"}), local(d, **{"Content-Type": "application/json"}),
+                    local(d)):
+        status, reply = send(d.http_port, "POST", path, headers, b"model bytes")
+        assert status == 415 and "application/octet-stream" in reply["error"], headers
+    # A binary type from another origin or through a rebound name is still refused.
+    for headers in ({"Host": d.http, "Origin": "http://evil.example", "Content-Type": "application/octet-stream"},
+                    {"Host": f"evil.example:{d.http_port}", "Content-Type": "application/zip"}):
+        status, reply = send(d.http_port, "POST", path, headers, b"model bytes")
+        assert status == 403, headers
+    # Only the push route takes binary types: every other write still needs JSON.
+    status, reply = send(d.http_port, "POST", "/admin/reload", local(d, **{"Content-Type": "application/octet-stream"}))
+    assert status == 415 and "application/json" in reply["error"]
+    assert d.config.read_text() == d.original
+
+
 def test_weights_are_bounded(daemon):
     d = daemon
     status, reply = send(d.http_port, "PUT", "/admin/models/fraud/traffic",

@@ -152,13 +152,13 @@ def place(cls, key, value):
 def read_back(cls, doc, key):
     c = parse_config(doc)
     table = {ServerConfig: c.server, AdminConfig: c.admin, ModelConfig: c.models[0],
-             VersionConfig: c.models[0].versions[-1], StoreConfig: StoreConfig(c.store_path)}[cls]
+             VersionConfig: c.models[0].versions[-1], StoreConfig: c.store}[cls]
     return getattr(table, settings(cls)[key][0].name)
 
 
 def test_defaults_are_what_an_empty_table_parses_to():
     c = parse_config(base())  # no source: paths stay as declared
-    parsed = {ServerConfig: c.server, AdminConfig: c.admin, StoreConfig: StoreConfig(c.store_path),
+    parsed = {ServerConfig: c.server, AdminConfig: c.admin, StoreConfig: c.store,
               ModelConfig: parse_model({"name": "m", "versions": [{"version": "1"}]}, "m"),
               VersionConfig: parse_version({"version": "1"}, "v")}
     for cls, table in parsed.items():

@@ -70,6 +70,12 @@ class DeployFailed(RouterError):
     status = 500
 
 
+class ValidationFailed(RouterError):
+    """A pushed model failed its trial run in a throwaway worker (load, example, signature); nothing stored."""
+
+    status = 422
+
+
 class NoPreviousPool(RouterError):
     """A rollback found no previous pool kept warm."""
 
