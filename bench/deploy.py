@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                     batch = 31 if batch == 32 else 32
                     write_config(cfg, store, a.server_cpu, batch)
                     t0 = time.monotonic()
-                    req = urllib.request.Request(f"http://{HOST}:{port}/admin/reload", data=b"{}", method="POST")
+                    req = urllib.request.Request(f"http://{HOST}:{port}/admin/reload", data=b"{}", method="POST",
+                                                 headers={"Content-Type": "application/json"})
                     try:
                         with urllib.request.urlopen(req, timeout=120) as r:
                             ok = r.status == 200 and json.loads(r.read())["deployed"]
