@@ -17,13 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from ..proto.meta import DATATYPES
+from ..proto.meta import DATATYPES, nonfinite_floats
 
 __all__ = ["to_wire", "raw_bytes", "from_buffer", "from_json", "json_data", "json_tensors", "binary_tensors",
            "msgpack_tensors", "msgpack_outputs", "WIRE_DTYPES"]
-
-#: The proto3 JSON mapping of the floats JSON has no number for.
-_NONFINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 #: OIP datatype -> little-endian numpy dtype.
 WIRE_DTYPES: dict[str, np.dtype] = {dt: np.dtype(name).newbyteorder("<") for dt, name in DATATYPES.items()}
@@ -91,20 +88,11 @@ def from_json(data: Any, datatype: str, shape: list[int], name: str) -> np.ndarr
     if dtype.kind == "f":
         inferred = np.asarray(data)
         if inferred.dtype.kind == "U":  # strings among the numbers: only these three are floats
-            data = _floats(data, name)
+            try:
+                data = nonfinite_floats(data)
+            except ValueError as exc:
+                raise ValueError(f"output {name!r}: {exc}") from None
     return np.asarray(data, dtype=dtype).reshape(shape)
-
-
-def _floats(data: Any, name: str) -> Any:
-    """``data`` (flat or nested) with the strings of :data:`_NONFINITE` as their floats."""
-    if type(data) is list:
-        return [_floats(v, name) for v in data]
-    if type(data) is str:
-        value = _NONFINITE.get(data)
-        if value is None:
-            raise ValueError(f"output {name!r}: {data!r} is not a number")
-        return value
-    return data
 
 
 def json_data(arr: np.ndarray) -> list:

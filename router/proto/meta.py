@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,29 @@ DATATYPES: dict[str, str] = {
     "FP32": "float32",
     "FP64": "float64",
 }
+
+#: The proto3 JSON mapping of the floats JSON has no number for
+#: (https://protobuf.dev/programming-guides/json/, "float, double").
+JSON_NONFINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+
+
+def nonfinite_floats(data: Any) -> Any:
+    """JSON tensor ``data`` (flat or nested) with the strings of :data:`JSON_NONFINITE` as their floats.
+
+    Shared by the worker's request decoder and the client's reply decoder.
+
+    Raises:
+        ValueError: it holds any other string (the message quotes it).
+    """
+    if type(data) is list:
+        return [nonfinite_floats(v) for v in data]
+    if type(data) is str:
+        value = JSON_NONFINITE.get(data)
+        if value is None:
+            raise ValueError(f"{data!r} is not a number")
+        return value
+    return data
+
 
 META_FILE = "meta.json"
 #: ``meta.json``'s ``platform`` for each model file format.

@@ -25,7 +25,7 @@ import msgpack
 import numpy as np
 
 from router.proto.errors import BadRequest
-from router.proto.meta import DATATYPES
+from router.proto.meta import DATATYPES, JSON_NONFINITE, nonfinite_floats
 
 __all__ = [
     "GARBAGE", "JSON_NONFINITE", "UNSERVED", "WIRE_DTYPES", "binary_size", "cast_json", "check_data_or_binary",
@@ -47,11 +47,6 @@ def json_dumps(obj: Any) -> bytes:
             (write them with :func:`json_floats`).
     """
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-#: The proto3 JSON mapping of the floats JSON has no number for
-#: (https://protobuf.dev/programming-guides/json/, "float, double").
-JSON_NONFINITE: dict[str, float] = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
 def json_floats(values: list) -> list:
@@ -187,7 +182,11 @@ def cast_json(arr: np.ndarray, data: Any, shape: list[int], dtype: np.dtype, whe
     if arr.dtype != dtype:
         kind, target = arr.dtype.kind, dtype.kind
         if target == "f" and kind == "U":  # strings: "NaN", "Infinity", "-Infinity" are floats
-            arr = json_array(_nonfinite_strings(data, where), where)
+            try:
+                floats = nonfinite_floats(data)
+            except ValueError:  # another string among the numbers
+                raise BadRequest(f"{where}: data must hold numbers") from None
+            arr = json_array(floats, where)
             kind = arr.dtype.kind
         if target == "f" and kind in "iuf":
             with np.errstate(over="ignore"):  # 1e300 as FP16 is inf, the cast's defined result
@@ -203,22 +202,6 @@ def cast_json(arr: np.ndarray, data: Any, shape: list[int], dtype: np.dtype, whe
             want = {"b": "booleans", "f": "numbers"}.get(target, f"integers in the range of {dtype.name}")
             raise BadRequest(f"{where}: data must hold {want}")
     return arr.reshape(shape)
-
-
-def _nonfinite_strings(data: Any, where: str) -> Any:
-    """JSON ``data`` (flat or nested) with the strings of :data:`JSON_NONFINITE` as their floats.
-
-    Raises:
-        BadRequest: it holds any other string.
-    """
-    if type(data) is list:
-        return [_nonfinite_strings(v, where) for v in data]
-    if type(data) is str:
-        value = JSON_NONFINITE.get(data)
-        if value is None:
-            raise BadRequest(f"{where}: data must hold numbers")
-        return value
-    return data
 
 
 def _exact_ints(data: Any, inferred: np.ndarray, dtype: np.dtype, where: str) -> np.ndarray:
