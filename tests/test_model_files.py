@@ -30,6 +30,10 @@ from router.proto.meta import (
 from router.worker_link import WorkerLink
 from runtime.model import load_version, refusal_of
 
+# Real model files: each test scripts or exports a network (seconds of torch), so the module
+# runs with the daemon layer.
+pytestmark = pytest.mark.daemon
+
 #: The example the helpers write: three rows, so an export sees a batch that is neither 0 nor 1.
 EXAMPLE = [[0.5, -0.25, 1.0, 2.0], [0.0, 0.1, -0.2, 0.3], [1.5, -1.0, 0.25, 0.75]]
 

@@ -30,6 +30,10 @@ from router.proto.meta import DATATYPES, ModelMeta, parse_meta
 from runtime.codecs import example_request
 from runtime.model import Model
 
+# Real model files: each test scripts or exports a network (seconds of torch), so the module
+# runs with the daemon layer.
+pytestmark = pytest.mark.daemon
+
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = np.random.default_rng(7).normal(size=(5, 4)).astype(np.float32)
 
