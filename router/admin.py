@@ -118,7 +118,8 @@ def browser_refusal(request: web.Request, token: str | None) -> web.Response | N
     if token is None and not is_loopback(_host_name(host)):
         return _error(403, f"Host {shown(host)} is not a loopback name: without an admin token the admin API "
                            "answers only requests addressed to localhost")
-    if request.method in _WRITES:
+    # DELETE carries no body, and no page can send it across sites without a CORS preflight.
+    if request.method in _WRITES and request.method != "DELETE":
         route = request.match_info.route
         if route.name == _PUSH_ROUTE:
             # Checked on the header itself: aiohttp reads a missing one as application/octet-stream, and a
@@ -248,6 +249,36 @@ class AdminHandlers:
         return web.json_response(result.to_json())
 
 
+    async def versions(self, request: web.Request) -> web.Response:
+        return web.json_response((await self.control.versions(request.match_info["model"])).to_json())
+
+    async def remove(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        return web.json_response((await self.control.remove(mi["model"], mi["version"])).to_json())
+
+    async def rollout(self, request: web.Request) -> web.Response:
+        """``{"weight": W}``, ``{"percent": P}`` or ``{"shadow": F}``, optionally ``"settings": {...}``."""
+        mi = request.match_info
+        body = await _json_body(request)
+        allowed = {"weight", "percent", "shadow", "settings"}
+        if not isinstance(body, dict) or not body or set(body) - allowed:
+            extra = sorted(set(body) - allowed) if isinstance(body, dict) else []
+            raise ConfigError((f"unknown field {shown(extra[0])}; " if extra else "")
+                              + 'body must be a JSON object like {"percent": 10}, {"weight": 5} or {"shadow": 0.5}, '
+                              'optionally with "settings": {"replicas": 2, ...} (keys of [[models.versions]])')
+        settings = body.get("settings")
+        if settings is not None and not isinstance(settings, dict):
+            raise ConfigError("settings: must be an object of [[models.versions]] keys")
+        result = await self.control.rollout(mi["model"], mi["version"], weight=body.get("weight"),
+                                            percent=body.get("percent"), shadow=body.get("shadow"),
+                                            settings=settings)
+        return web.json_response(result.to_json(), status=201 if result.action == "create" else 200)
+
+    async def drop(self, request: web.Request) -> web.Response:
+        mi = request.match_info
+        return web.json_response((await self.control.drop(mi["model"], mi["version"])).to_json())
+
+
 def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts) -> web.Application:
     """The ``/admin/`` sub-application over ``control``, guarded by :func:`auth_middleware`."""
     app = web.Application(middlewares=[auth_middleware(token), _errors])
@@ -259,5 +290,9 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app.router.add_post("/reload", h.reload)
     app.router.add_post("/models/{model}/rollback", h.rollback)
     app.router.add_post("/models/{model}/deploy", h.deploy)
+    app.router.add_get("/models/{model}/versions", h.versions)
     app.router.add_post("/models/{model}/versions/{version}", h.push, name=_PUSH_ROUTE)
+    app.router.add_delete("/models/{model}/versions/{version}", h.remove)
+    app.router.add_post("/models/{model}/versions/{version}/rollout", h.rollout)
+    app.router.add_post("/models/{model}/versions/{version}/drop", h.drop)
     return app

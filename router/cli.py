@@ -16,11 +16,20 @@ from typing import Any
 from .admin import TOKEN_ENV, check_bind, resolve_token
 from .config import load_config, parse_address
 from .proto.errors import ConfigError, RouterError
-from .results import PushedVersion, ReloadResult, StatusResult, SwapResult, TrafficResult
+from .results import (
+    PushedVersion,
+    ReloadResult,
+    RemovedVersion,
+    RolloutResult,
+    StatusResult,
+    SwapResult,
+    TrafficResult,
+    VersionsResult,
+)
 
 log = logging.getLogger("router")
 
-Result = TrafficResult | ReloadResult | SwapResult | StatusResult
+Result = TrafficResult | ReloadResult | SwapResult | StatusResult | RolloutResult | VersionsResult | RemovedVersion
 
 
 def _setup_logging() -> None:
@@ -117,7 +126,8 @@ def _admin_call(args: argparse.Namespace, method: str, path: str, body: object =
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(_admin_url(args) + path, data=data, method=method, headers=headers)
     try:
-        with urllib.request.urlopen(req, timeout=30) as r:
+        # A deploy answers once every worker of the new pool has loaded and warmed up: allow it its time.
+        with urllib.request.urlopen(req, timeout=600) as r:
             return json.loads(r.read())
     except urllib.error.HTTPError as e:
         try:
@@ -255,6 +265,54 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return _render(SwapResult, args, "POST", f"/admin/models/{args.model}/rollback", {})
 
 
+def _version_path(args: argparse.Namespace, tail: str = "") -> str:
+    from urllib.parse import quote
+
+    return f"/admin/models/{quote(args.model, safe='')}/versions/{quote(args.version, safe='')}{tail}"
+
+
+def _settings(items: list[str]) -> dict[str, Any] | None:
+    """``KEY=VALUE`` pairs, each value read as TOML (``2``, ``"cuda:0"``, ``[0, 1]``) or else as a string."""
+    import tomllib
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            log.error("expected KEY=VALUE (a [[models.versions]] key), got %r", item)
+            return None
+        try:
+            out[key] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value
+    return out
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    settings = _settings(args.set)
+    if settings is None:
+        return 2
+    body: dict[str, Any] = {k: getattr(args, k) for k in ("weight", "percent", "shadow")
+                            if getattr(args, k) is not None}
+    if settings:
+        body["settings"] = settings
+    return _render(RolloutResult, args, "POST", _version_path(args, "/rollout"), body)
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    return _render(SwapResult, args, "POST", _version_path(args, "/drop"), {})
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    return _render(VersionsResult, args, "GET", f"/admin/models/{quote(args.model, safe='')}/versions")
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    return _render(RemovedVersion, args, "DELETE", _version_path(args))
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     return _render(StatusResult, args, "GET", "/admin/models")
 
@@ -268,6 +326,15 @@ def _render(result: type[Result], args: argparse.Namespace, method: str, path: s
         return 1
     print(res.text())
     return 0
+
+
+def _admin_args(c: argparse.ArgumentParser, *positional: str) -> argparse.ArgumentParser:
+    """The positionals of an admin command, and where to find the router."""
+    for name in positional:
+        c.add_argument(name)
+    c.add_argument("--config", default="config.toml", help="config whose server.http to call")
+    c.add_argument("--url", help="router base URL (default: from the config)")
+    return c
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -303,6 +370,24 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--config", default="config.toml", help="config whose server.http to call")
     u.add_argument("--url", help="router base URL (default: from the config)")
     u.set_defaults(func=cmd_push)
+    r = sub.add_parser("rollout", help="put a stored version into the model's active set (blue-green; a model "
+                       "not served yet is started)")
+    _admin_args(r, "model", "version")
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--percent", type=float, help="its share of live traffic; the other live versions share "
+                       "the rest in their proportions")
+    where.add_argument("--weight", type=float, help="its weight, relative to the others' (which keep theirs)")
+    where.add_argument("--shadow", type=float, metavar="FRACTION", help="mirror this fraction of live traffic "
+                       "to it (replies still come from the live versions)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="another [[models.versions]] key for it, e.g. replicas=2 (repeatable)")
+    r.set_defaults(func=cmd_rollout)
+    _admin_args(sub.add_parser("drop", help="take a version out of the model's active set (blue-green; it stays "
+                               "stored)"), "model", "version").set_defaults(func=cmd_drop)
+    _admin_args(sub.add_parser("versions", help="list a model's stored versions: state, size, metadata"),
+                "model").set_defaults(func=cmd_versions)
+    _admin_args(sub.add_parser("rm", help="delete a stored version (refused while a pool holds it)"),
+                "model", "version").set_defaults(func=cmd_rm)
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
                               ("shadow", cmd_traffic, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),

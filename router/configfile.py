@@ -8,6 +8,7 @@ and replaces the old file atomically (temp file + ``os.replace``).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from collections.abc import Mapping
@@ -16,7 +17,7 @@ from typing import Any
 
 import tomlkit
 
-from .config import Config, parse_config
+from .config import Config, VersionConfig, parse_config
 from .proto.errors import ConfigError
 
 
@@ -52,10 +53,7 @@ def write_traffic(path: Path, model: str, weights: Mapping[str, float],
                 vt["shadow"] = plain_number(shadows[version])
             if "weight" not in vt:
                 vt["weight"] = 0
-    new = tomlkit.dumps(doc)
-    config = parse_config(tomlkit.parse(new).unwrap(), path)
-    replace_text(path, new)
-    return config
+    return _write(path, doc)
 
 
 def _model_table(path: Path, model: str) -> tuple[tomlkit.TOMLDocument, Any]:
@@ -70,10 +68,12 @@ def _model_table(path: Path, model: str) -> tuple[tomlkit.TOMLDocument, Any]:
 
 
 def write_versions(path: Path, model: str, versions: list[dict[str, Any]]) -> Config:
-    """Replace the ``[[models.versions]]`` of ``model`` in the file at ``path`` (a deploy).
+    """Make the ``[[models.versions]]`` of ``model`` in the file at ``path`` the given set (a deploy).
 
-    Comments and layout elsewhere in the file are kept; the replaced versions
-    are written as given.
+    The tables are edited in place: a version still in the set keeps its table, with its comments and
+    every key whose value still holds (a key left out of ``versions[i]`` is removed only where the
+    file gives it another value than its default); a version left out loses its table; a new one is
+    appended. Comments and layout elsewhere in the file are kept.
 
     Returns:
         The configuration parsed from the new text.
@@ -83,13 +83,91 @@ def write_versions(path: Path, model: str, versions: list[dict[str, Any]]) -> Co
             would become invalid; the file is left untouched.
     """
     doc, table = _model_table(path, model)
-    aot = tomlkit.aot()
+    given = [str(v.get("version")) for v in versions]
+    aot = table.get("versions")
+    kept = [str(t.get("version")) for t in aot or [] if str(t.get("version")) in given]
+    if aot is None or given[:len(kept)] != kept:  # a new order: the versions' tables are rewritten
+        aot = table["versions"] = tomlkit.aot()
+    for i in reversed(range(len(aot))):
+        if str(aot[i].get("version")) not in given:
+            del aot[i]
+    old = {str(t.get("version")): t for t in aot}
     for v in versions:
-        t = tomlkit.table()
-        for k, val in v.items():
-            t[k] = plain_number(val) if isinstance(val, float) else val
-        aot.append(t)
-    table["versions"] = aot
+        t = old.get(str(v.get("version")))
+        if t is None:
+            t = tomlkit.table()
+            _separate(aot[-1] if len(aot) else None)
+            aot.append(t)
+        else:
+            for key in [k for k in t if k not in v and not _is_default(k, t[k])]:
+                del t[key]
+        for key, value in v.items():
+            value = plain_number(value) if isinstance(value, float) else value
+            if key not in t or _plain(t[key]) != value:
+                t[key] = value
+    return _write(path, doc)
+
+
+def add_model(path: Path, model: dict[str, Any]) -> Config:
+    """Append a ``[[models]]`` table (``model`` as the loader reads it, its versions as a list of tables)
+    to the file at ``path``. Comments and layout of the rest are kept.
+
+    Raises:
+        ConfigError: the file no longer parses, already lists the model, or would become invalid;
+            the file is left untouched.
+    """
+    try:
+        doc = tomlkit.parse(path.read_bytes().decode())
+    except Exception as exc:
+        raise ConfigError(f"{path}: TOML syntax error: {exc}") from None
+    if any(m.get("name") == model.get("name") for m in doc.get("models", [])):
+        raise ConfigError(f"{path}: already has a [[models]] entry named {model.get('name')!r}")
+    t = tomlkit.table()
+    for key, value in model.items():
+        if key != "versions":
+            t[key] = plain_number(value) if isinstance(value, float) else value
+    versions = tomlkit.aot()
+    for v in model.get("versions", []):
+        vt = tomlkit.table()
+        for key, value in v.items():
+            vt[key] = plain_number(value) if isinstance(value, float) else value
+        versions.append(vt)
+    t["versions"] = versions
+    if "models" not in doc:
+        doc["models"] = tomlkit.aot()
+    models = doc["models"]
+    if len(models):
+        last = models[-1]
+        _separate(last["versions"][-1] if len(last.get("versions", [])) else last)
+    models.append(t)
+    return _write(path, doc)
+
+
+def _separate(table: Any) -> None:
+    """End ``table`` (the one a new table will follow) with a blank line, if it has none."""
+    if table is not None and not tomlkit.dumps(table).endswith("\n\n"):
+        table.add(tomlkit.nl())
+
+
+def _plain(item: Any) -> Any:
+    return item.unwrap() if hasattr(item, "unwrap") else item
+
+
+def _is_default(key: str, item: Any) -> bool:
+    """Whether a ``[[models.versions]]`` key's value in the file is the key's default (so dropping it
+    changes nothing)."""
+    f = _VERSION_FIELDS.get(key)
+    if f is None or f.default is dataclasses.MISSING or f.metadata["setting"].default_from is not None:
+        return False  # unknown, required, or a default that depends on other keys
+    default = list(f.default) if isinstance(f.default, tuple) else f.default
+    return bool(_plain(item) == default)
+
+
+_VERSION_FIELDS = {f.name: f for f in dataclasses.fields(VersionConfig)}
+
+
+def _write(path: Path, doc: tomlkit.TOMLDocument) -> Config:
+    """Validate ``doc`` as at start-up, then replace the file with it; the parsed configuration."""
     new = tomlkit.dumps(doc)
     config = parse_config(tomlkit.parse(new).unwrap(), path)
     replace_text(path, new)

@@ -16,6 +16,7 @@ change), and the store itself settles concurrent pushes of one version.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -37,12 +38,33 @@ from .proto.errors import (
     ReloadRefused,
     UploadTooLarge,
     ValidationFailed,
+    VersionInUse,
     shown,
 )
-from .results import PushedVersion, ReloadResult, StatusResult, SwapResult, TrafficResult
+from .results import (
+    PushedVersion,
+    ReloadResult,
+    RemovedVersion,
+    RolloutResult,
+    StatusResult,
+    SwapResult,
+    TrafficResult,
+    VersionsResult,
+)
 from .routing import Pool, Routing
 from .state import ServerState
-from .store import DEFAULT_LIMITS, Staged, Upload, commit, prepare
+from .store import (
+    DEFAULT_LIMITS,
+    Staged,
+    StoredVersion,
+    Upload,
+    commit,
+    list_models,
+    list_versions,
+    prepare,
+    stored_version,
+)
+from .store import remove as store_remove
 
 log = logging.getLogger("router.control")
 
@@ -137,25 +159,29 @@ class ControlPlane:
                 nothing changed.
         """
         async with self.lock:
-            mc = self._pool(model).config
-            new = self._with_traffic(mc, weights or {}, shadow or {})
-            source = self.config.source
-            if source is not None:  # write first: if the file cannot take the change, nothing changes
-                try:
-                    await self._in_thread(configfile.write_traffic, source, model,
-                                          {v.version: v.weight for v in new.versions},
-                                          {v.version: v.shadow for v in new.versions})
-                except (ConfigError, OSError) as exc:
-                    log.error("traffic change for %s not applied: %s", model, exc)
-                    raise ConfigFileError(f"config file not updated, nothing changed: {exc}",
-                                          409 if isinstance(exc, ConfigError) else 500) from None
-            config = dataclasses.replace(self.config, models=tuple(
-                new if m.name == model else m for m in self.config.models))
-            self.deployments.apply_traffic(config)
-            log.info("traffic for %s: %s", model, ", ".join(
-                f"{v.version}={plain_number(v.weight)}" if not v.shadow else f"{v.version}=shadow {v.shadow:g}"
-                for v in new.versions))
+            await self._set_traffic(model, weights or {}, shadow or {})
         return self.traffic(model)
+
+    async def _set_traffic(self, model: str, weights: Mapping[str, Any], shadow: Mapping[str, Any]) -> None:
+        """:meth:`set_traffic` under the lock."""
+        mc = self._pool(model).config
+        new = self._with_traffic(mc, weights, shadow)
+        source = self.config.source
+        if source is not None:  # write first: if the file cannot take the change, nothing changes
+            try:
+                await self._in_thread(configfile.write_traffic, source, model,
+                                      {v.version: v.weight for v in new.versions},
+                                      {v.version: v.shadow for v in new.versions})
+            except (ConfigError, OSError) as exc:
+                log.error("traffic change for %s not applied: %s", model, exc)
+                raise ConfigFileError(f"config file not updated, nothing changed: {exc}",
+                                      409 if isinstance(exc, ConfigError) else 500) from None
+        config = dataclasses.replace(self.config, models=tuple(
+            new if m.name == model else m for m in self.config.models))
+        self.deployments.apply_traffic(config)
+        log.info("traffic for %s: %s", model, ", ".join(
+            f"{v.version}={plain_number(v.weight)}" if not v.shadow else f"{v.version}=shadow {v.shadow:g}"
+            for v in new.versions))
 
     @staticmethod
     def _with_traffic(mc: ModelConfig, weights: Mapping[str, Any], shadow: Mapping[str, Any]) -> ModelConfig:
@@ -202,25 +228,35 @@ class ControlPlane:
             failed: list[str] = []
             deployed: list[str] = []
             for i, mc in enumerate(new.models):
-                if mc.name in plan.deploy:
-                    log.info("reload: deploying %s (%s)", mc.name, "; ".join(plan.deploy[mc.name]))
+                if mc.name in plan.deploy or mc.name in plan.add:
+                    why = plan.deploy.get(mc.name, ("a new model",))
+                    log.info("reload: %s %s (%s)", "deploying" if mc.name in plan.deploy else "adding", mc.name,
+                             "; ".join(why))
                     try:
-                        await self.deployments.deploy(mc, f"models[{i}]")
+                        if mc.name in plan.add:
+                            await self.deployments.add(mc, f"models[{i}]")
+                        else:
+                            await self.deployments.deploy(mc, f"models[{i}]")
                         deployed.append(mc.name)
                     except (ConfigError, DeployFailed) as exc:
                         log.error("reload: %s", exc)
                         failed.append(str(exc))
-            # A deployed model runs the file's config; one whose deploy failed keeps what it ran.
+            # A deployed model runs the file's config; one whose deploy failed keeps what it ran, and one
+            # that failed to start is not served.
             active = self.routing.active
             new = dataclasses.replace(new, models=tuple(
-                active[m.name].config if m.name in plan.deploy else m for m in new.models))
+                active[m.name].config if m.name in plan.deploy else m for m in new.models if m.name in active))
             self.deployments.apply_traffic(new)
+            for name in deployed:
+                if name in plan.add:
+                    await self._in_thread(self._count_store, name)
             self.metrics.reloads.labels("failed" if failed else "ok").inc()
             log.info("reloaded %s: %s", source, "; ".join([*plan.live, *(f"deployed {m}" for m in deployed)])
                      if plan.live or deployed else "nothing applied (a deploy failed)" if failed else "no change")
             if failed:
                 raise DeployFailed("; ".join(failed))
-            return ReloadResult(str(source), list(plan.live), {m: list(why) for m, why in plan.deploy.items()})
+            return ReloadResult(str(source), list(plan.live), {m: list(plan.deploy.get(m, ("a new model",)))
+                                                               for m in (*plan.deploy, *plan.add)})
 
     async def deploy(self, model: str, versions: list[Any]) -> SwapResult:
         """Deploy a new version set of ``model`` blue-green and write it into the config file.
@@ -234,24 +270,35 @@ class ControlPlane:
             DeployFailed: the standby pool failed; nothing changed.
         """
         async with self.lock:
-            old = self._pool(model).config
-            raw: dict[str, Any] = {"name": model, "versions": versions, "keep_previous_s": old.keep_previous_s,
-                                   "nonfinite": old.nonfinite}
-            if old.routing_key is not None:
-                raw["routing_key"] = old.routing_key
-            mc = parse_model(raw, "deploy")
-            source = self.config.source
-            before = None
-            if source is not None:
-                before = await self._in_thread(source.read_text)
-                await self._in_thread(configfile.write_versions, source, model, versions)
-            try:
-                swap = await self.deployments.deploy(mc, "deploy")
-            except BaseException:
-                if source is not None and before is not None:
-                    await self._in_thread(configfile.replace_text, source, before)
-                raise
+            swap = await self._deploy(model, versions, "deploy")
             return self._swapped("deploy", model, swap)
+
+    async def _deploy(self, model: str, versions: list[Any], where: str) -> float:
+        """:meth:`deploy` under the lock; the swap's duration in seconds."""
+        old = self._pool(model).config
+        raw: dict[str, Any] = {"name": model, "versions": versions, "keep_previous_s": old.keep_previous_s,
+                               "nonfinite": old.nonfinite}
+        if old.routing_key is not None:
+            raw["routing_key"] = old.routing_key
+        mc = parse_model(raw, where)
+        async with self._file_kept(configfile.write_versions, model, versions):
+            return await self.deployments.deploy(mc, where)
+
+    @contextlib.asynccontextmanager
+    async def _file_kept(self, write: Callable[..., object], *args: Any) -> AsyncIterator[None]:
+        """Write the config file first (``write(path, *args)``), and put it back as it was if the body fails,
+        so that it always says what serves."""
+        source = self.config.source
+        if source is None:
+            yield
+            return
+        before = await self._in_thread(source.read_text)
+        await self._in_thread(write, source, *args)
+        try:
+            yield
+        except BaseException:
+            await self._in_thread(configfile.replace_text, source, before)
+            raise
 
     async def rollback(self, model: str) -> SwapResult:
         """Make the model's previous pool active again, and write its version set back into the file.
@@ -276,7 +323,193 @@ class ControlPlane:
         pool = self.routing.active[model]
         return SwapResult(action, model, pool.color, round(swap * 1e6, 1), [v.version for v in pool.config.versions])
 
+    # -- stored versions into traffic and out ---------------------------------------------------------------
+
+    async def rollout(self, model: str, version: str, *, weight: Any = None, percent: Any = None,
+                      shadow: Any = None, settings: Mapping[str, Any] | None = None) -> RolloutResult:
+        """Put a stored version into the model's active set, in one step.
+
+        Exactly one of ``weight`` (relative, the other versions keep theirs), ``percent`` (the version's
+        share of live traffic; the other live versions are scaled to share the rest as they did) or
+        ``shadow`` (the fraction of live traffic mirrored to it) says where. A version that is not in
+        the active set is deployed blue-green with it (``settings``: its other ``[[models.versions]]``
+        keys, such as ``replicas`` or ``max_batch_size``); one that is already there only has its
+        traffic changed (no worker restarts), unless ``settings`` are given. A model the daemon does
+        not serve yet is started with this version as its only one. The file is written first and put
+        back if the deploy fails.
+
+        Raises:
+            NotFound: the version is not in the store.
+            ConfigError: not exactly one of weight / percent / shadow, a value or setting the config
+                loader refuses, a shadow as a new model's first version; nothing changed.
+            ConfigFileError: the file cannot take the change; nothing changed.
+            DeployFailed: the standby pool failed; nothing changed.
+        """
+        given = [k for k, v in (("weight", weight), ("percent", percent), ("shadow", shadow)) if v is not None]
+        if len(given) != 1:
+            raise ConfigError("give exactly one of weight, percent or shadow"
+                              + (f" (got {' and '.join(given)})" if given else ""))
+        settings = dict(settings or {})
+        fixed = sorted(set(settings) & {"version", "weight", "shadow"})
+        if fixed:
+            raise ConfigError(f"settings.{fixed[0]}: set by the rollout itself, not a setting")
+        if percent is not None:
+            percent = _percent(percent)
+        async with self.lock:
+            stored = await self._in_thread(stored_version, self.config.store_path, model, version)
+            if stored.meta is None:
+                raise ConfigError(f"model {shown(model)} version {shown(version)} in the store is unusable: "
+                                  f"{stored.problem}")
+            pool = self.routing.active.get(model)
+            if pool is None:
+                return await self._add_model(model, version, weight, percent, shadow, settings)
+            tables = [v.to_table() for v in pool.config.versions]
+            entry = next((t for t in tables if t["version"] == version), None)
+            if entry is not None and not settings:
+                _place(tables, entry, weight, percent, shadow)
+                await self._set_traffic(model, {t["version"]: t["weight"] for t in tables},
+                                        {t["version"]: t.get("shadow", 0) for t in tables})
+                return self._rolled_out("traffic", model, version, None)
+            if entry is None:
+                entry = {"version": version}
+                tables.append(entry)
+            entry.update(settings)
+            _place(tables, entry, weight, percent, shadow)
+            swap = await self._deploy(model, tables, "rollout")
+            return self._rolled_out("deploy", model, version, swap)
+
+    async def _add_model(self, model: str, version: str, weight: Any, percent: float | None, shadow: Any,
+                         settings: dict[str, Any]) -> RolloutResult:
+        if shadow is not None:
+            raise ConfigError(f"model {shown(model)} is not served yet: its first version takes live traffic "
+                              "(a weight or a percent), there is nothing to mirror")
+        raw = {"name": model, "versions": [{"version": version, "weight": 100 if percent is not None else weight,
+                                            **settings}]}
+        mc = parse_model(raw, "rollout")
+        async with self._file_kept(configfile.add_model, raw):
+            await self.deployments.add(mc, "rollout")
+        await self._in_thread(self._count_store, model)
+        return self._rolled_out("create", model, version, None)
+
+    def _rolled_out(self, action: Any, model: str, version: str, swap: float | None) -> RolloutResult:
+        t = self.traffic(model)
+        return RolloutResult(action, model, version, self.routing.active[model].color,
+                             None if swap is None else round(swap * 1e6, 1), t.weights, t.shadow)
+
+    async def drop(self, model: str, version: str) -> SwapResult:
+        """Take a version out of the model's active set: a blue-green deploy of the others (their
+        weights unchanged), written into the file. The version stays in the store, and in the previous
+        pool for ``keep_previous_s`` (a rollback brings it back).
+
+        Raises:
+            NotFound: unknown model, or the version is not in its active set.
+            ConfigError: it is the model's only version (409), or no version left would take live
+                traffic; nothing changed.
+            DeployFailed: the standby pool failed; nothing changed.
+        """
+        async with self.lock:
+            tables = [v.to_table() for v in self._pool(model).config.versions]
+            rest = [t for t in tables if t["version"] != version]
+            if len(rest) == len(tables):
+                raise NotFound(f"model {shown(model)} does not serve version {shown(version)} (its active set: "
+                               f"{', '.join(t['version'] for t in tables)})")
+            if not rest:
+                raise ConfigError(f"version {shown(version)} is the only version of model {shown(model)}: "
+                                  "roll out another one first", 409)
+            swap = await self._deploy(model, rest, "drop")
+            pool = self.routing.active[model]
+            return SwapResult("drop", model, pool.color, round(swap * 1e6, 1),
+                              [v.version for v in pool.config.versions], version)
+
     # -- the model store -----------------------------------------------------------------------------------
+
+    def _states(self, model: str) -> dict[str, tuple[str, Pool]]:
+        """Each version of ``model`` that has workers: its state and the pool it has them in
+        (active first, then previous, standby, stopping)."""
+        out: dict[str, tuple[str, Pool]] = {}
+        active = self.routing.active.get(model)
+        previous = self.deployments.previous.get(model)
+        for pool in self.routing.pools:
+            if pool.name != model or pool is active or pool is previous:
+                continue
+            state = "stopping" if pool in self.deployments.stopping else "standby"
+            for v in pool.versions:
+                if out.get(v, ("stopping",))[0] == "stopping":
+                    out[v] = (state, pool)
+        if previous is not None:
+            out.update((v, ("previous", previous)) for v in previous.versions)
+        if active is not None:
+            out.update((vc.version, ("serving" if vc.weight > 0 else "shadow" if vc.shadow > 0 else "idle", active))
+                       for vc in active.config.versions)
+        return out
+
+    async def versions(self, model: str) -> VersionsResult:
+        """The model's stored versions: metadata (without the example), bytes, and state (serving,
+        shadow, idle: in the active set at weight 0; previous, standby, stopping; or stored)."""
+        stored = await self._in_thread(list_versions, self.config.store_path, model)
+        states = self._states(model)
+        active = self.routing.active.get(model)
+        rows = []
+        for sv in stored:
+            state = states.get(sv.version, ("stored", None))[0]
+            vc = active.config.version(sv.version) if active is not None else None
+            row: dict[str, Any] = {"version": sv.version, "state": state, "bytes": sv.bytes}
+            if vc is not None:
+                row["weight"] = plain_number(vc.weight)
+                row["shadow"] = vc.shadow
+            if sv.meta is None:
+                row["problem"] = sv.problem
+            else:
+                row["meta"] = {k: v for k, v in sv.meta.items() if k != "example"}
+            rows.append(row)
+        self._gauge_store(model, stored)
+        return VersionsResult(model, rows, sum(sv.bytes for sv in stored))
+
+    async def remove(self, model: str, version: str) -> RemovedVersion:
+        """Delete a stored version that no pool holds.
+
+        Raises:
+            NotFound: no such stored version.
+            VersionInUse: 409, it serves in the active, standby or previous pool (the message says
+                which, and what to do).
+        """
+        async with self.lock:  # no deploy may start from the directory while it goes
+            state, pool = self._states(model).get(version, ("stored", None))
+            if pool is not None:
+                raise VersionInUse(self._in_use(model, version, state, pool))
+            removed = await self._in_thread(store_remove, self.config.store_path, model, version)
+        await self._in_thread(self._count_store, model)
+        return RemovedVersion(model, version, removed.bytes)
+
+    def _in_use(self, model: str, version: str, state: str, pool: Pool) -> str:
+        what = f"model {shown(model)} version {shown(version)}"
+        if state == "previous":
+            left = self.deployments.retire_in(model)
+            return (f"{what} is kept warm in the previous ({pool.color}) pool for a rollback"
+                    + (f" for another {left:.0f} s (keep_previous_s)" if left is not None else "")
+                    + "; remove it after that")
+        if state in ("standby", "stopping"):
+            return f"{what} has workers in a {state} ({pool.color}) pool; try again when the deploy is over"
+        return (f"{what} is in the active set ({pool.color} pool, {state}): drop it first "
+                f"(POST /admin/models/{model}/versions/{version}/drop)")
+
+    def _count_store(self, model: str) -> None:
+        """Set the model's store gauges from the disk (blocking: run in a thread)."""
+        try:
+            stored = list_versions(self.config.store_path, model)
+        except NotFound:
+            stored = []
+        self._gauge_store(model, stored)
+
+    def _gauge_store(self, model: str, stored: list[StoredVersion]) -> None:
+        self.metrics.store_bytes.labels(model).set(sum(sv.bytes for sv in stored))
+        self.metrics.store_versions.labels(model).set(len(stored))
+
+    async def scan_store(self) -> None:
+        """Set every stored model's store gauges (at start; pushes and removals keep them current)."""
+        for model in await self._in_thread(list_models, self.config.store_path):
+            await self._in_thread(self._count_store, model)
+
 
     async def push(self, model: str, version: str, chunks: AsyncIterator[bytes], *, size: int | None = None,
                    description: str | None = None) -> PushedVersion:
@@ -323,6 +556,8 @@ class ControlPlane:
         except BaseException:
             await _cleanup(staged.discard)
             raise
+        if result.created:
+            await self._in_thread(self._count_store, model)
         log.info("push of %s version %s: %s", model, version, "stored" if result.created else "already stored")
         return PushedVersion(result.model, result.version, result.created, result.meta)
 
@@ -384,3 +619,33 @@ async def _cleanup(fn: Callable[[], None]) -> None:
     except asyncio.CancelledError:
         fn()  # safe to call twice; a leftover would otherwise wait for the next start
         raise
+
+
+def _percent(value: Any) -> float:
+    """A share of live traffic in percent, 0 < p <= 100.
+
+    Raises:
+        ConfigError: naming ``percent``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 100:
+        raise ConfigError(f"percent: must be a number in (0, 100], got {shown(value)}")
+    return float(value)
+
+
+def _place(tables: list[dict[str, Any]], entry: dict[str, Any], weight: Any, percent: float | None,
+           shadow: Any) -> None:
+    """Set ``entry``'s place in its model's version tables: a weight, a percent of live traffic (the
+    other live versions scaled to share the rest in their proportions), or a shadow fraction. The
+    values are the config loader's to check."""
+    if shadow is not None:
+        entry["weight"], entry["shadow"] = 0, shadow
+        return
+    entry.pop("shadow", None)
+    if percent is None:
+        entry["weight"] = weight
+        return
+    others = [t for t in tables if t is not entry and t["weight"] > 0]
+    total = sum(t["weight"] for t in others)
+    for t in others:
+        t["weight"] = round(t["weight"] * (100 - percent) / total, 6)
+    entry["weight"] = percent if others else 100.0

@@ -75,6 +75,8 @@ class Deployments:
         self._pool_of: dict[int, Pool] = {}
         self._retire_timers: dict[str, asyncio.TimerHandle] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        #: Pools whose workers are being stopped (still in ``routing.pools`` until they are).
+        self.stopping: set[Pool] = set()
         self.idle_shadows = config.server.shadow_priority == "idle" and priority.can_restore()
         if config.server.shadow_priority == "idle" and not self.idle_shadows:
             log.info("shadow workers run at normal CPU priority: moving a promoted shadow back out of "
@@ -182,10 +184,14 @@ class Deployments:
 
     async def _stop_pool(self, pool: Pool) -> None:
         """Stop a pool that takes no new requests; its in-flight ones finish or fail first (bounded)."""
-        deadline = monotonic() + self.routing.timeout
-        while any(r.outstanding for r in pool.replicas) and monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        await self._stop_replicas(pool.replicas)
+        self.stopping.add(pool)
+        try:
+            deadline = monotonic() + self.routing.timeout
+            while any(r.outstanding for r in pool.replicas) and monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            await self._stop_replicas(pool.replicas)
+        finally:
+            self.stopping.discard(pool)
         if pool in self.routing.pools:
             self.routing.pools.remove(pool)
         for r in pool.replicas:
@@ -231,6 +237,35 @@ class Deployments:
         self.metrics.deploys.labels(mc.name, "ok").inc()
         return swap
 
+    async def add(self, mc: ModelConfig, where: str = "models") -> None:
+        """Start a model the daemon does not serve yet: its first (blue) pool, every worker warm,
+        then one assignment puts it in the routing. Requests for it were 404 until then.
+
+        Raises:
+            ConfigError: the model exists already, or a version's model file or meta.json is
+                missing or invalid.
+            DeployFailed: a worker failed to start or warm up; its pool is stopped and nothing changed.
+        """
+        if mc.name in self.routing.active:
+            raise ConfigError(f"{where}: model {mc.name!r} is served already")
+        pool = self._build(mc, where, "blue")
+        log.info("new model %s: starting %d worker(s)", mc.name, len(pool.replicas))
+        try:
+            await self._start_all(pool.replicas, lambda: self._stop_pool(pool))
+        except BaseException as exc:
+            self.metrics.deploys.labels(mc.name, "failed").inc()
+            raise DeployFailed(f"model {mc.name!r} not added, nothing changed: {exc}") from None
+        pool.apply(mc)
+        m = self.metrics
+        m.register_model(mc.name)  # before the first request can name it
+        m.active_pool.labels(mc.name, "blue").set(1)
+        m.active_pool.labels(mc.name, "green").set(0)
+        m.previous_warm.labels(mc.name).set(0)
+        self.routing.active[mc.name] = pool
+        self.config = dataclasses.replace(self.config, models=(*self.config.models, mc))
+        m.deploys.labels(mc.name, "ok").inc()
+        log.info("%s: serving versions %s from the blue pool", mc.name, ", ".join(v.version for v in mc.versions))
+
     def rollback(self, name: str) -> float:
         """Make the previous pool of ``name`` active again; returns the swap's duration in seconds.
 
@@ -271,6 +306,11 @@ class Deployments:
         self._cancel_retire(name)
         self._retire_timers[name] = asyncio.get_running_loop().call_later(keep, self._retire, name)
         return swap
+
+    def retire_in(self, name: str) -> float | None:
+        """Seconds until the model's previous pool is stopped, or None when none is kept."""
+        timer = self._retire_timers.get(name)
+        return None if timer is None else max(0.0, timer.when() - asyncio.get_running_loop().time())
 
     def _cancel_retire(self, name: str) -> None:
         timer = self._retire_timers.pop(name, None)

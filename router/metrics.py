@@ -87,6 +87,11 @@ class Metrics:
                                    registry=r)
         self.deploys = Counter("router_deploys", "Blue-green deploys by result (ok, failed).", ["model", "result"],
                                registry=r)
+        self.store_bytes = Gauge("router_store_bytes",
+                                 "Bytes the model's stored versions take in the model store (every version, "
+                                 "serving or not).", ["model"], registry=r)
+        self.store_versions = Gauge("router_store_versions", "Versions of the model in the model store.",
+                                    ["model"], registry=r)
         self.swap_seconds = Gauge("router_pool_swap_seconds",
                                   "Duration of the model's last pool swap (standby ready -> active).", ["model"],
                                   registry=r)

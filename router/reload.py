@@ -7,7 +7,8 @@ with the running configuration. Changes of traffic (weights, shadow fractions,
 shadow queues, routing keys, ``keep_previous_s``) are applied with one table
 swap per model, no worker restarted. A model whose workers must change
 (versions added or removed, a model file replaced, replicas, device, CPUs,
-threads, batching, the ``nonfinite`` policy) is deployed blue-green. Models added or removed and
+threads, batching, the ``nonfinite`` policy) is deployed blue-green, and a model added is started
+in a pool of its own before it joins the routing. Models removed and
 ``[server]`` / ``[store]`` / ``[admin]`` settings need a restart: a reload
 that contains such a change is refused as a whole, naming each one, and
 nothing changes.
@@ -35,6 +36,8 @@ class Plan:
     refused: tuple[str, ...] = field(default=())
     #: Models to deploy blue-green, and why.
     deploy: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Models the file adds: each starts in a pool of its own, then joins the routing.
+    add: tuple[str, ...] = ()
 
 
 def read(path: Path, running: Config) -> tuple[Config, dict[tuple[str, str], str]]:
@@ -75,15 +78,14 @@ def plan(running: Config, new: Config, digests: dict[tuple[str, str], str],
     new_models = {m.name: m for m in new.models}
     for name in sorted(set(old_models) - set(new_models)):
         refused.append(f"model {name!r} removed: needs a restart")
-    for name in sorted(set(new_models) - set(old_models)):
-        refused.append(f"model {name!r} added: needs a restart")
+    add = tuple(sorted(set(new_models) - set(old_models)))
     deploy: dict[str, tuple[str, ...]] = {}
     for name in sorted(old_models.keys() & new_models.keys()):
         why: list[str] = []
         _model(old_models[name], new_models[name], digests, running_digests, live, why)
         if why:
             deploy[name] = tuple(why)
-    return Plan(new, tuple(live), tuple(refused), deploy)
+    return Plan(new, tuple(live), tuple(refused), deploy, add)
 
 
 def _model(old: ModelConfig, new: ModelConfig, digests: dict[tuple[str, str], str],

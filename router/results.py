@@ -65,23 +65,29 @@ class ReloadResult:
 class SwapResult:
     """A deploy or rollback: which pool is active now, how long the swap took, which versions serve."""
 
-    action: Literal["deploy", "rollback"]
+    action: Literal["deploy", "rollback", "drop"]
     model: str
     active: str
     swap_us: float
     versions: list[str]
+    #: The version a drop took out of the active set.
+    dropped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "dropped" or v is not None}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> SwapResult:
-        return cls(d["action"], d["model"], d["active"], d["swap_us"], d["versions"])
+        return cls(d["action"], d["model"], d["active"], d["swap_us"], d["versions"], d.get("dropped"))
 
     def text(self) -> str:
         if self.action == "rollback":
             return (f"{self.model}: the {self.active} pool is active again (versions {', '.join(self.versions)}; "
                     f"swap {self.swap_us} us)")
+        if self.action == "drop":
+            return (f"{self.model}: version {self.dropped} is out of the active set (still stored, warm in the "
+                    f"previous pool for a rollback); versions {', '.join(self.versions)} serve from the "
+                    f"{self.active} pool (swap {self.swap_us} us)")
         return (f"{self.model}: deployed versions {', '.join(self.versions)}; the {self.active} pool is active "
                 f"(swap {self.swap_us} us)")
 
@@ -145,3 +151,98 @@ class PushedVersion:
         if self.created:
             return f"stored {self.model} version {self.version} ({what})"
         return f"{self.model} version {self.version} is already stored with these contents ({what})"
+
+
+def _shares(weights: dict[str, int | float], shadow: dict[str, float]) -> dict[str, str]:
+    """Each version's place in words: ``10.0% of traffic`` or ``shadow of 50% of traffic``."""
+    total = sum(weights.values()) or 1
+    return {v: (f"shadow of {100 * shadow[v]:g}% of traffic" if shadow.get(v)
+                else f"{100 * w / total:.1f}% of traffic (weight {w})") for v, w in weights.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class RolloutResult:
+    """A stored version put into a model's active set: ``deploy`` (blue-green, with the swap's
+    duration), ``traffic`` (it was in the set: only the weights changed) or ``create`` (the model's
+    first version: the model is new); the model's weights and shadows after it."""
+
+    action: Literal["deploy", "traffic", "create"]
+    model: str
+    version: str
+    active: str
+    swap_us: float | None
+    weights: dict[str, int | float]
+    shadow: dict[str, float]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RolloutResult:
+        return cls(d["action"], d["model"], d["version"], d["active"], d["swap_us"], d["weights"], d["shadow"])
+
+    def text(self) -> str:
+        shares = _shares(self.weights, self.shadow)
+        how = {"deploy": f"deployed blue-green, the {self.active} pool is active (swap {self.swap_us} us)",
+               "traffic": "already in the active set: traffic changed, no worker restarted",
+               "create": f"a new model, serving from the {self.active} pool"}[self.action]
+        return "\n".join([f"{self.model} version {self.version}: {shares[self.version]}; {how}",
+                          *(f"  v{v}: {share}" for v, share in shares.items() if v != self.version)])
+
+
+@dataclass(frozen=True, slots=True)
+class VersionsResult:
+    """A model's stored versions: per version its ``state`` (serving, shadow, idle, previous, standby,
+    stopping, stored), ``bytes``, ``meta`` (``meta.json`` without its example) and, in the active set,
+    ``weight`` and ``shadow``; ``bytes`` of them all."""
+
+    model: str
+    versions: list[dict[str, Any]]
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> VersionsResult:
+        return cls(d["model"], d["versions"], d["bytes"])
+
+    def text(self) -> str:
+        lines = [f"model {self.model}: {len(self.versions)} stored version(s), {_size(self.bytes)}"]
+        for v in self.versions:
+            meta = v.get("meta") or {}
+            place = v["state"]
+            if v["state"] == "serving":
+                place += f" (weight {v['weight']})"
+            elif v["state"] == "shadow":
+                place += f" ({100 * v['shadow']:g}% mirrored)"
+            lines.append(f"  v{v['version']:<8} {place:<22} {_size(v['bytes']):>10}  {meta.get('platform', '?'):<12} "
+                         f"{meta.get('created', '?')}  {meta.get('description', '') or v.get('problem', '')}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class RemovedVersion:
+    """A version deleted from the store, and the bytes that freed."""
+
+    model: str
+    version: str
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RemovedVersion:
+        return cls(d["model"], d["version"], d["bytes"])
+
+    def text(self) -> str:
+        return f"removed {self.model} version {self.version} from the store ({_size(self.bytes)} freed)"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"

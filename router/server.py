@@ -100,6 +100,7 @@ class Server:
         t0 = time.monotonic()
         # Before any push can run: what a crash left in the store's staging area is never a version.
         await asyncio.to_thread(clean_staging, self.config.store_path)
+        await self.control.scan_store()
         log.info("starting %d worker(s) for %d model(s)", len(self.deployments.replicas), len(self.routing.active))
         await self.deployments.start()
         log.info("all workers live in %.2f s", time.monotonic() - t0)

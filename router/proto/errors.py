@@ -103,6 +103,13 @@ class VersionExists(RouterError):
     status = 409
 
 
+class VersionInUse(RouterError):
+    """A stored version cannot be removed: it serves in a pool (active, standby, or previous, kept
+    warm for a rollback); the message names the pool."""
+
+    status = 409
+
+
 class FrameError(RouterError, ValueError):
     """A length-prefixed frame or its msgpack envelope is malformed.
 
