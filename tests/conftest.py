@@ -62,10 +62,10 @@ _WHOLE_MODULE = re.compile(r"^pytestmark = \[?[^\n]*\n?\s*pytest\.mark\.daemon",
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """In a run that deselects the daemon layer, a module marked daemon as a whole (``pytestmark``)
-    is not even imported: the fast layer does not pay for its imports (torch, clients)."""
+    """In a run of the fast layer alone (``-m "not daemon"``), a module marked daemon as a whole
+    (``pytestmark``) is not even imported: the fast layer does not pay for its imports (torch, clients)."""
     if collection_path.suffix == ".py" and collection_path.name.startswith("test_") \
-            and "not daemon" in (config.option.markexpr or "") \
+            and (config.option.markexpr or "").strip() == "not daemon" \
             and _WHOLE_MODULE.search(collection_path.read_text()):
         return True
     return None

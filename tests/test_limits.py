@@ -28,6 +28,9 @@ from router.limits import Listener, Timeouts
 from router.server import Server
 from router.wire import WireProtocol
 
+#: The fronts' limits are read by the extensions' parsers: these run again on their twins.
+pytestmark = pytest.mark.twins
+
 T = Timeouts(head=10.0, body=10.0, body_rate=1024.0, send=30.0, keepalive=60.0, msgpack_idle=600.0)
 
 

@@ -17,8 +17,9 @@ import pytest
 from router.proto.meta import read_meta
 from runtime.model import Model
 
-#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
-pytestmark = pytest.mark.daemon
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole; its requests
+#: go through the extensions, so it runs again on their twins.
+pytestmark = [pytest.mark.daemon, pytest.mark.twins]
 
 X = np.array([[1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0],
               [3.0, -0.5, 0.1, 0.95, 0.5, 9.0, 4.2, 1.0],

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import RawConn
 
-#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
-pytestmark = pytest.mark.daemon
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole; its requests
+#: go through the extensions, so it runs again on their twins.
+pytestmark = [pytest.mark.daemon, pytest.mark.twins]
 
 X = np.arange(16, dtype=np.float32).reshape(2, 8) / 10
 

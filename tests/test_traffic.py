@@ -13,8 +13,9 @@ from conftest import FRAUD, ROOT, free_port
 
 from router.config import load_config
 
-#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
-pytestmark = pytest.mark.daemon
+#: Every test here starts processes (a daemon and its workers): the daemon layer as a whole; its requests
+#: go through the extensions, so it runs again on their twins.
+pytestmark = [pytest.mark.daemon, pytest.mark.twins]
 
 BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": "FP32",
                                "data": [1.2, 0.3, 0.9, 0.5, 5.1, 2.0, 1.1, 0.0]}]}).encode()
