@@ -289,7 +289,9 @@ def _named_inputs(value: Any, names: Sequence[str] | None, forward: list[str] | 
         keys = list(value)
         if not keys or not all(isinstance(k, str) and k for k in keys):
             raise ConfigError(f"{where}: a dict of inputs needs non-empty string keys")
-        if forward is not None:
+        if forward is not None and len(keys) == 1 and forward and keys[0] not in forward:
+            pass  # one input, passed as forward's first parameter: its key names it, whatever forward calls it
+        elif forward is not None:
             unknown = [k for k in keys if k not in forward]
             if unknown:
                 raise ConfigError(f"{where}: {', '.join(map(repr, unknown))} not among forward's parameters "

@@ -49,8 +49,10 @@ def write_traffic(path: Path, model: str, weights: Mapping[str, float],
         if version in weights:
             vt["weight"] = plain_number(weights[version])
         if version in shadows:
-            if shadows[version] > 0 or "shadow" in vt:
+            if shadows[version] > 0:
                 vt["shadow"] = plain_number(shadows[version])
+            elif "shadow" in vt:
+                del vt["shadow"]  # 0 is the default: a version no longer mirrored reads as any other
             if "weight" not in vt:
                 vt["weight"] = 0
     return _write(path, doc)
@@ -92,6 +94,8 @@ def write_versions(path: Path, model: str, versions: list[dict[str, Any]]) -> Co
         if str(aot[i].get("version")) not in given:
             del aot[i]
     old = {str(t.get("version")): t for t in aot}
+    # A new table is indented as its neighbours are.
+    indent = len(aot[0].trivia.indent) if len(aot) else len(table.trivia.indent)
     for v in versions:
         t = old.get(str(v.get("version")))
         if t is None:
@@ -105,6 +109,8 @@ def write_versions(path: Path, model: str, versions: list[dict[str, Any]]) -> Co
             value = plain_number(value) if isinstance(value, float) else value
             if key not in t or _plain(t[key]) != value:
                 t[key] = value
+        if str(v.get("version")) not in old and indent:
+            t.indent(indent)
     return _write(path, doc)
 
 

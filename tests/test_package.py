@@ -206,6 +206,14 @@ def test_dict_inputs_are_named_by_their_keys_in_forward_order(method: str, tmp_p
     reproduces(model, run, meta, rows=3)
 
 
+def test_a_one_input_dict_names_its_input_whatever_forward_calls_it(tmp_path: Path) -> None:
+    # nn.Sequential's forward takes `input`; a notebook names the input after its data.
+    model = nn.Sequential(nn.Linear(4, 3), nn.Softmax(dim=1)).eval()
+    meta, _, run, _ = opened(package(model, {"features": ROWS}, tmp_path / "seq.tar.gz"), tmp_path)
+    assert [t.name for t in meta.inputs] == ["features"]
+    reproduces(model, run, meta, rows=2)
+
+
 def test_multiple_outputs_as_a_tuple_or_a_dict_are_named_and_served_by_the_worker(tmp_path: Path) -> None:
     meta, _, run, path = opened(package(TwoInTwoOut(), (ROWS, np.ones((5, 2), np.int64)), tmp_path / "t.zip"),
                                 tmp_path)
@@ -311,7 +319,7 @@ def test_package_file_packs_a_saved_file_byte_for_byte(suffix: str, tmp_path: Pa
 
 
 def test_package_file_refuses_what_it_cannot_load(tmp_path: Path) -> None:
-    np.savez(tmp_path / "example.npz", x=ROWS)
+    np.savez(tmp_path / "example.npz", x=ROWS, y=ROWS)
     (tmp_path / "model.onnx").write_bytes(b"")
     with pytest.raises(ConfigError, match=r"model.onnx: expected a TorchScript \.pt or a torch.export \.pt2 file"):
         package_file(tmp_path / "model.onnx", tmp_path / "example.npz", tmp_path / "o.zip")
@@ -319,7 +327,7 @@ def test_package_file_refuses_what_it_cannot_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.pt: cannot load it as TorchScript"):
         package_file(tmp_path / "model.pt", tmp_path / "example.npz", tmp_path / "o.zip")
     torch.jit.script(Linear()).save(str(tmp_path / "model.pt"))
-    with pytest.raises(ConfigError, match=r"'x' not among forward's parameters \(features\)"):
+    with pytest.raises(ConfigError, match=r"'x', 'y' not among forward's parameters \(features\)"):
         package_file(tmp_path / "model.pt", tmp_path / "example.npz", tmp_path / "o.zip")
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(ConfigError, match="bad.npz: not a readable .npz file"):
@@ -387,7 +395,7 @@ class NotScriptable(nn.Module):
      r"output_names: \['total', 'negative'\] must be the keys of the dict the model returns"),
     (Linear(), ROWS, {"output_names": ["a", "b"]}, "output_names: .* must be 1 distinct names"),
     (NotScriptable(), ROWS, {}, r"torch.jit.script cannot convert the model \('trace' or 'export' may\)"),
-    (Linear(), {"x": ROWS}, {}, r"example_inputs: 'x' not among forward's parameters \(features\)"),
+    (Linear(), {"x": ROWS, "y": ROWS}, {}, r"example_inputs: 'x', 'y' not among forward's parameters \(features\)"),
     (TwoInTwoOut(), {"counts": ROWS}, {},
      r"must be forward's first 1 parameters \(features\)"),
     (Linear(), {"features": ROWS}, {"input_names": ["f"]}, "input_names: not with a dict"),

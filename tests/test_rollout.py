@@ -106,6 +106,7 @@ def test_a_percent_deploys_the_version_blue_green_and_scales_the_others(tmp_path
             assert kept in text
         assert file_versions(tmp_path) == [{"version": "1", "weight": 81, "max_batch_size": 64},
                                            {"version": "2", "weight": 9}, {"version": "3", "weight": 10}]
+        assert text.endswith('weight = 9\n\n  [[models.versions]]\n  version = "3"\n  weight = 10\n')  # as indented
         # The file says what serves: a reload finds nothing to do.
         assert (await s.control.reload()).changes == []
         await s.deployments.stop()
@@ -137,6 +138,7 @@ def test_a_shadow_mirrors_without_taking_live_traffic(tmp_path):
         promoted = await s.control.rollout("fraud", "3", percent=100)
         assert promoted.action == "traffic" and len(reps.made) == made
         assert (promoted.weights, promoted.shadow) == ({"1": 0, "2": 0, "3": 100}, {})
+        assert file_versions(tmp_path)[2] == {"version": "3", "weight": 100}  # no `shadow = 0` left behind
         assert await answered_by(s, 50) == {"3"}
         await s.deployments.stop()
 
