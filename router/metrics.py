@@ -7,6 +7,7 @@ status) so the hot path does one dict lookup, not a label resolution.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
@@ -16,6 +17,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from .proto import stats
 
 #: 25 us .. 10 s: fine enough for a router that adds tens of microseconds.
 LATENCY_BUCKETS = (
@@ -115,6 +118,10 @@ class Metrics:
         #: the active pools only, so a failed deploy or a rollback leaves no stale series.
         self.shadow_queues: Callable[[], Iterable[Any]] = tuple
         r.register(_ShadowQueues(self))
+        #: Yields ``(replica, pool color)`` for every worker of every pool: read at scrape time for
+        #: the worker resource series (``/proc`` and the workers' statistics frames).
+        self.workers: Callable[[], Iterable[tuple[Any, str]]] = tuple
+        r.register(_Workers(self))
 
     def register_model(self, model: str) -> None:
         """Create the model's in-flight gauges and the label set of requests naming what it does not have.
@@ -242,3 +249,68 @@ class _InFlight(Collector):
         for (model, protocol), n in sorted(self._counts.items()):
             g.add_metric([model, protocol], n)
         yield g
+
+
+_BATCH_LE = [*(floatToGoString(b) for b in stats.BATCH_BUCKETS), "+Inf"]
+_SECONDS_LE = [*(floatToGoString(b) for b in stats.SECONDS_BUCKETS), "+Inf"]
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def proc_usage(pid: int) -> tuple[float, int] | None:
+    """CPU seconds (user + system) and resident bytes of a process, from ``/proc``; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            statm = f.read()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count fields after its last ')'.
+    fields = stat[stat.rindex(b")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(statm.split()[1]) * _PAGE
+
+
+class _Workers(Collector):
+    """Per worker (model, version, replica, pool): CPU seconds and resident memory from ``/proc``, requests
+    in flight from its link, and the histograms and device memory of its last statistics frame. Nothing
+    of it is counted per request in the router."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        labels = ["model", "version", "replica", "pool"]
+        cpu = CounterMetricFamily("router_worker_cpu_seconds", "CPU time (user + system) of the worker process.",
+                                  labels=labels)
+        rss = GaugeMetricFamily("router_worker_resident_memory_bytes", "Resident memory of the worker process.",
+                                labels=labels)
+        depth = GaugeMetricFamily("router_worker_queue_depth", "Requests sent to the worker and not answered yet "
+                                  "(queued in it, or computing).", labels=labels)
+        device = GaugeMetricFamily("router_worker_device_memory_bytes", "Bytes the CUDA caching allocator holds "
+                                   "for the worker (CUDA workers only).", labels=labels)
+        batch = HistogramMetricFamily("router_worker_batch_size", "Rows per forward.", labels=labels)
+        queued = HistogramMetricFamily("router_worker_queue_seconds", "How long a batch waited in the worker before "
+                                       "its forward: from the read that brought its first request, or from the end "
+                                       "of the previous batch.", labels=labels)
+        compute = HistogramMetricFamily("router_worker_compute_seconds", "Duration of each forward (the model "
+                                        "alone).", labels=labels)
+        for r, color in sorted(self._metrics.workers(), key=lambda w: (w[0].model, w[0].vc.version, w[0].index)):
+            values = [r.model, r.vc.version, str(r.index), color]
+            pid = r.pid
+            usage = proc_usage(pid) if pid is not None and r.live else None
+            if usage is not None:
+                cpu.add_metric(values, usage[0])
+                rss.add_metric(values, usage[1])
+            depth.add_metric(values, r.outstanding)
+            link = getattr(r, "link", None)
+            report = stats.unpack(link.stats) if link is not None and link.stats is not None else None
+            if report is None:
+                continue
+            for family, key, le in ((batch, "batch", _BATCH_LE), (queued, "queued", _SECONDS_LE),
+                                    (compute, "compute", _SECONDS_LE)):
+                buckets, _ = _cumulative(report[key], le)
+                family.add_metric(values, buckets, report[key][-1])
+            if "device_memory" in report:
+                device.add_metric(values, report["device_memory"])
+        yield from (cpu, rss, depth, device, batch, queued, compute)

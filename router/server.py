@@ -62,6 +62,7 @@ class Server:
         self.answers = Answers(self.state, self.routing)
         # Only the active pools' shadow queues are reported: a standby or retired pool's never are.
         self.metrics.shadow_queues = lambda: (t for p in self.routing.active.values() for t in p.active_shadows())
+        self.metrics.workers = lambda: ((r, p.color) for p in self.routing.pools for r in p.replicas)
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._wire: asyncio.Server | None = None

@@ -31,7 +31,7 @@ from router.proto import link
 from router.proto.link import FMT_MSGPACK
 from router.proto.meta import ModelMeta
 
-from .batcher import model_failed
+from .batcher import Forward, model_failed
 from .codecs.plan import plan_of
 from .codecs.replies import one_output
 from .codecs.requests import one_input
@@ -57,17 +57,18 @@ class Express:
 
     __slots__ = ("forward", "codec", "answered")
 
-    def __init__(self, model: Model, nonfinite: str = "reject") -> None:
-        self.forward = model.forward
+    def __init__(self, model: Model, nonfinite: str = "reject", forward: Forward | None = None) -> None:
+        self.forward = forward or model.forward
         self.codec = SimpleMsgpack(model.meta, nonfinite)
         #: Requests answered here, for tests and curiosity.
         self.answered = 0
 
     @classmethod
-    def of(cls, model: Model, nonfinite: str = "reject") -> Express | None:
-        """An express path for ``model``, or None when it does not have one input and one output."""
+    def of(cls, model: Model, nonfinite: str = "reject", forward: Forward | None = None) -> Express | None:
+        """An express path for ``model`` (run by ``forward``, default its own), or None when it does not
+        have one input and one output."""
         try:
-            return cls(model, nonfinite)
+            return cls(model, nonfinite, forward)
         except ValueError:
             return None
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 import ctypes
 import gc
 import logging
+import math
 import os
 import select
 import signal
 import socket
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
@@ -29,13 +31,15 @@ import torch
 from router.proto import link
 from router.proto.errors import FrameError, InternalError, RouterError
 from router.proto.framing import FrameScanner
-from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO, STATUS_REFUSED
+from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO, STATUS_REFUSED, STATUS_STATS
 from router.proto.meta import ModelMeta
+from router.proto.stats import INTERVAL_S
 
 from .batcher import Batcher, Reply
 from .codecs import Request, decode_reply, decode_request, example_request
 from .express import Express
 from .model import Model, refusal_of
+from .stats import WorkerStats, timed
 
 log = logging.getLogger("runtime.worker")
 
@@ -85,12 +89,14 @@ class Worker:
         self.spec = spec
         self.sock = sock
         self.meta = meta
-        self.batcher = Batcher(model.forward, meta, spec.max_batch_size)
+        self.stats = WorkerStats(_device_memory(spec.device))
+        forward = timed(model.forward, self.stats)
+        self.batcher = Batcher(forward, meta, spec.max_batch_size)
         self.scanner = FrameScanner(spec.max_frame)
         self.delay = spec.max_batch_delay_us / 1e6
         self.out: list[bytes] = []
         #: Lone msgpack requests skip the general path; not when a batching window should wait for more.
-        self.express = Express.of(model, spec.nonfinite) if not spec.max_batch_delay_us else None
+        self.express = Express.of(model, spec.nonfinite, forward) if not spec.max_batch_delay_us else None
         # Wait for requests in poll(), not in a blocking recv(): when the router reads a
         # reply, the kernel signals "writable" on this socket's wait queue, which wakes a
         # task blocked in recv() for nothing (one extra switch to the worker and back, in
@@ -109,6 +115,10 @@ class Worker:
         }
         self._queue((0, STATUS_HELLO, 0, msgpack.packb(info)))
         self._flush()
+
+    def _report(self) -> None:
+        """Send the statistics frame (:mod:`router.proto.stats`)."""
+        self.sock.sendall(link.pack(0, STATUS_STATS, 0, self.stats.payload()))
 
     def _queue(self, reply: Reply) -> None:
         self.out.append(link.pack(*reply))
@@ -171,11 +181,20 @@ class Worker:
         express = self.express
         scanner = self.scanner
         sock = self.sock
+        stats = self.stats
+        report_at = 0.0
         first_at = 0.0
         while True:
             if not pending:
                 self._flush()
-                self._readable.poll()
+                if stats.dirty:  # report what was counted once it is due, or when the worker goes idle first
+                    left = report_at - time.monotonic()
+                    if left <= 0 or not self._readable.poll(math.ceil(left * 1000)):
+                        self._report()
+                        report_at = time.monotonic() + INTERVAL_S
+                        continue
+                else:
+                    self._readable.poll()
                 data = sock.recv(_RECV_SIZE)
                 if not data:
                     return
@@ -197,10 +216,21 @@ class Worker:
                     break
                 if not self._read():
                     return
+            stats.waited(time.monotonic() - first_at)
             for reply in batcher.run():
                 self._queue(reply)
             self._flush()
             first_at = time.monotonic()
+            if first_at >= report_at:  # busy without a pause: report on time all the same
+                self._report()
+                report_at = first_at + INTERVAL_S
+
+
+def _device_memory(device: str) -> Callable[[], int] | None:
+    """What reads the bytes the CUDA caching allocator holds for ``device``; None on the CPU."""
+    if not device.startswith("cuda"):
+        return None
+    return lambda: int(torch.cuda.memory_reserved(device))
 
 
 def refuse(sock: socket.socket, exc: BaseException) -> None:

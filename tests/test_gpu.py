@@ -36,3 +36,8 @@ def test_cuda_worker_serves_the_same_answers_as_cpu(start_daemon, store):
             expected = m(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
     assert "on cuda:0" in d.log
+    # A CUDA worker reports the bytes its caching allocator holds (after the forwards above: some).
+    from test_shadow import metric, scrape, wait_for
+
+    for model in ("fraud", "mlp-wide"):
+        wait_for(lambda m=model: metric(scrape(d), "router_worker_device_memory_bytes", model=m) > 0)

@@ -99,6 +99,26 @@ def test_router_process_never_imports_torch(shared_daemon):
     assert "libtorch" in Path(f"/proc/{worker}/maps").read_text()
 
 
+def test_worker_resources_and_statistics_reach_metrics(shared_daemon):
+    d = shared_daemon
+    fraud = {"model": "fraud", "version": "1", "replica": "0", "pool": "blue"}
+    before = metric(scrape(d), "router_worker_batch_size_count", **fraud)
+    for _ in range(30):  # one at a time: one forward each
+        assert d.post("/v2/models/fraud/versions/1/infer", FRAUD_BODY)[0] == 200
+    # The worker reports at most once a second, and once more when it goes idle: the last forward is counted.
+    wait_for(lambda: metric(scrape(d), "router_worker_batch_size_count", **fraud) == before + 30)
+    s = scrape(d)
+    assert metric(s, "router_worker_compute_seconds_count", **fraud) == before + 30
+    assert metric(s, "router_worker_compute_seconds_sum", **fraud) > 0
+    assert metric(s, "router_worker_queue_seconds_count", **fraud) == before + 30
+    for version in ("1", "2"):
+        labels = {**fraud, "version": version}
+        assert metric(s, "router_worker_cpu_seconds_total", **labels) > 0
+        assert metric(s, "router_worker_resident_memory_bytes", **labels) > 50 << 20  # torch is loaded
+        assert metric(s, "router_worker_queue_depth", **labels) == 0
+    assert metric(s, "router_worker_device_memory_bytes") == 0  # CPU workers report none
+
+
 def test_sigkill_of_a_worker_under_load_gives_503s_never_a_hang_and_it_comes_back(start_daemon):
     d = start_daemon([{"name": "fraud", "versions": [{"version": "1"}]}])
     old = worker_pids(d)["1"]

@@ -19,7 +19,8 @@ Worker -> router, a msgpack array ``[rid, status, header_len, payload]``:
     or, instead of the hello, ``STATUS_REFUSED`` when the worker will not serve
     its version (its file fails the sha256 check, ``meta.json`` names another
     version, the model does not load), with a msgpack map ``{"reason": one of
-    REFUSALS, "error": message}``; the worker then exits.
+    REFUSALS, "error": message}``; the worker then exits. Once serving, ``rid == 0``
+    with ``STATUS_STATS`` carries its periodic statistics (:mod:`router.proto.stats`).
 
 Shadow copies (``kind`` = format | ``SHADOW``) carry the live reply too: the
 payload is an 8-byte prefix ``>II`` (request length, live reply's header
@@ -46,6 +47,8 @@ SHADOW = 0x10
 
 STATUS_HELLO = 1
 STATUS_REFUSED = 2
+#: ``rid == 0``: the worker's periodic statistics (:mod:`router.proto.stats`).
+STATUS_STATS = 3
 
 #: Why a worker refuses its model version (``STATUS_REFUSED``): the model file's sha256 is not
 #: meta.json's (integrity), meta.json names another model or version than its directory
