@@ -25,6 +25,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -249,6 +250,21 @@ class AdminHandlers:
         return web.json_response(result.to_json())
 
 
+    async def history(self, request: web.Request) -> web.Response:
+        """``?series=rate,p99`` (default all), ``?since=`` unix seconds or negative seconds before now."""
+        q = request.query
+        since = None
+        if "since" in q:
+            try:
+                since = float(q["since"])
+                if not math.isfinite(since):
+                    raise ValueError
+            except ValueError:
+                raise ConfigError(f"since: expected unix seconds, or negative seconds before now, got "
+                                  f"{shown(q['since'])}") from None
+        series = [s for s in q.get("series", "").split(",") if s] or None
+        return web.json_response(self.control.history(request.match_info["model"], series, since).to_json())
+
     async def versions(self, request: web.Request) -> web.Response:
         return web.json_response((await self.control.versions(request.match_info["model"])).to_json())
 
@@ -291,6 +307,7 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app.router.add_post("/models/{model}/rollback", h.rollback)
     app.router.add_post("/models/{model}/deploy", h.deploy)
     app.router.add_get("/models/{model}/versions", h.versions)
+    app.router.add_get("/models/{model}/history", h.history)
     app.router.add_post("/models/{model}/versions/{version}", h.push, name=_PUSH_ROUTE)
     app.router.add_delete("/models/{model}/versions/{version}", h.remove)
     app.router.add_post("/models/{model}/versions/{version}/rollout", h.rollout)

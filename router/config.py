@@ -216,6 +216,9 @@ class ServerConfig:
     hang_timeout_s: float = setting(3.0, lo=0, doc="a worker owing answers that has answered nothing this long leaves "
                                                    "routing; 0: never")
     hang_restart_s: float = setting(15.0, lo=0, doc="a worker hung this long is killed and restarted; 0: never")
+    history_interval_s: float = setting(10.0, lo=1, hi=3600, doc="resolution of the in-memory history "
+                                                                 "(GET /admin/models/{m}/history)")
+    history_s: float = setting(21600.0, lo=60, hi=7 * 86400, doc="how far back the in-memory history reaches")
 
 
 @dataclass(frozen=True, slots=True)

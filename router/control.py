@@ -21,6 +21,7 @@ import dataclasses
 import json
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from . import configfile, reload
 from .config import Config, ModelConfig, VersionConfig, parse_model, parse_value
 from .configfile import plain_number
 from .deployments import Deployments
+from .history import SERIES, History
 from .metrics import Metrics
 from .proto.errors import (
     BadArchive,
@@ -42,6 +44,7 @@ from .proto.errors import (
     shown,
 )
 from .results import (
+    HistoryResult,
     PushedVersion,
     ReloadResult,
     RemovedVersion,
@@ -86,6 +89,8 @@ class ControlPlane:
         self.state = state
         #: One change at a time: a traffic change, reload, deploy or rollback, and its file write.
         self.lock = asyncio.Lock()
+        #: The in-memory history (set by the server once it runs).
+        self.history_source: History | None = None
 
     @property
     def config(self) -> Config:
@@ -144,6 +149,29 @@ class ControlPlane:
             ]
             out.append(t)
         return StatusResult(out, self.state.started and self.routing.ready, self.state.draining)
+
+    def history(self, model: str, series: list[str] | None = None, since: float | None = None) -> HistoryResult:
+        """The model's recent points (:mod:`router.history`): ``series`` (default all) after ``since``
+        (unix seconds; negative: that many seconds before now; default: all kept).
+
+        Raises:
+            NotFound: a model neither served nor in the history.
+            ConfigError: an unknown series name.
+        """
+        history = self.history_source
+        if history is None or (model not in self.routing.active
+                               and not any(m == model for m, _ in history.rings)):
+            raise NotFound(f"unknown model {shown(model)}")
+        names = list(series) if series else list(SERIES)
+        unknown = [n for n in names if n not in SERIES]
+        if unknown:
+            raise ConfigError(f"series: unknown {shown(unknown[0])} (known: {', '.join(SERIES)})")
+        if since is None:
+            since = 0.0
+        elif since < 0:
+            since = time.time() + since
+        q = history.query(model, names, since)
+        return HistoryResult(model, q["interval_s"], names, q["versions"])
 
     # -- changes -------------------------------------------------------------------------------------------
 

@@ -246,3 +246,33 @@ def _size(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return f"{n} B"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Recent points of a model's versions: per version ``{"t": [unix seconds...], series: [values...]}``
+    (None where a point has no value: no requests, no shadow comparison), ``interval_s`` apart."""
+
+    model: str
+    interval_s: float
+    series: list[str]
+    versions: dict[str, dict[str, list[float | None]]]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> HistoryResult:
+        return cls(d["model"], d["interval_s"], d["series"], d["versions"])
+
+    def text(self) -> str:
+        lines = [f"model {self.model}: points every {self.interval_s:g} s"]
+        for version, points in self.versions.items():
+            n = len(points["t"])
+            latest = ", ".join(f"{name} {_show(points[name][-1])}" for name in self.series) if n else "no points"
+            lines.append(f"  v{version}: {n} point(s); latest: {latest}")
+        return "\n".join(lines)
+
+
+def _show(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"

@@ -21,6 +21,7 @@ from .config import Address, Config
 from .control import ControlPlane
 from .cork import Cork
 from .deployments import Deployments, ReplicaFactory
+from .history import History
 from .http import HttpProtocol
 from .lifecycle import Lifecycle
 from .limits import ConnectionMetrics, Listener, Timeouts, fit_caps, sweep
@@ -63,6 +64,9 @@ class Server:
         # Only the active pools' shadow queues are reported: a standby or retired pool's never are.
         self.metrics.shadow_queues = lambda: (t for p in self.routing.active.values() for t in p.active_shadows())
         self.metrics.workers = lambda: ((r, p.color) for p in self.routing.pools for r in p.replicas)
+        self.history = History(self.metrics, self.metrics.workers, self._active_versions, s.history_interval_s,
+                               s.history_s)
+        self.control.history_source = self.history
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._wire: asyncio.Server | None = None
@@ -107,6 +111,7 @@ class Server:
         log.info("all workers live in %.2f s", time.monotonic() - t0)
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(), name="deadline sweeper")
+        self.history.start()
         s = self.config.server
         timeouts = Timeouts.of(s)
         self._idle_sweeper = loop.create_task(sweep(self.state, timeouts), name="connection sweeper")
@@ -191,8 +196,14 @@ class Server:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
 
+    def _active_versions(self) -> dict[str, tuple[list[str], set[str]]]:
+        """Model -> the versions of its active pool, and which of them are shadows (for the history)."""
+        return {m: ([v.version for v in p.config.versions], {v.version for v in p.config.versions if v.shadow})
+                for m, p in self.routing.active.items()}
+
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, stop workers."""
+        self.history.stop()
         self.state.draining = True
         routing = self.routing
         routing.poll.close()

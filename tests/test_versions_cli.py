@@ -16,6 +16,7 @@ import pytest
 from conftest import ROOT, Daemon, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from storekit import Models, archive, build_models, meta_bytes, upload
+from test_shadow import wait_for
 
 from router.store import push
 
@@ -38,7 +39,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, models: Models) -> Iterator
     push(upload(store, archive(models), model="tiny", version="1"))
     push(upload(store, archive(models, model=models.pt_other), model="tiny", version="2"))
     config = root / "config.toml"
-    config.write_text(f"# keep this comment\n[store]\npath = {json.dumps(str(store))}\n"
+    config.write_text("# keep this comment\n[server]\nhistory_interval_s = 1\n\n"
+                      f"[store]\npath = {json.dumps(str(store))}\n"
                       "validate_timeout_s = 60\nvalidate_memory_mb = 4096\n\n"
                       '[[models]]\nname = "tiny"\nkeep_previous_s = 300\n'
                       '[[models.versions]]\nversion = "1"   # the first one\nweight = 100\n')
@@ -162,3 +164,24 @@ def test_a_new_model_is_pushed_and_served_without_a_restart_through_the_cli(daem
 
     out = cli(d, "versions", "nosuch")
     assert out.returncode == 1 and "404" in out.stderr
+
+
+def test_the_history_answers_over_http(daemon):
+    d = daemon
+    for i in range(5):
+        infer(d, "tiny", f"h-{i}")
+
+    def points() -> dict:
+        status, body = d.call("GET", "/admin/models/tiny/history?series=rate,p99&since=-3600", headers=AUTH)
+        assert status == 200, body
+        return body if any(sum(v["rate"]) > 0 for v in body["versions"].values()) else {}
+
+    body = wait_for(points)
+    assert body["series"] == ["rate", "p99"] and body["interval_s"] == 1
+    for v in body["versions"].values():
+        assert set(v) == {"t", "rate", "p99"} and len(v["t"]) == len(v["rate"])
+    status, body = d.call("GET", "/admin/models/tiny/history?since=yesterday", headers=AUTH)
+    assert status == 400 and "since: expected unix seconds" in body["error"]
+    status, body = d.call("GET", "/admin/models/tiny/history?series=qps", headers=AUTH)
+    assert status == 400 and "series: unknown 'qps'" in body["error"]
+    assert d.call("GET", "/admin/models/nosuch/history", headers=AUTH)[0] == 404

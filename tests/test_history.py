@@ -1,0 +1,143 @@
+"""The in-memory history: points per model version from the router's own counters, a bounded ring,
+quantiles as histogram_quantile computes them, and the admin query. In process, with fake workers and
+explicit sample times (no timer is waited for)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+from fakes import Replicas, fake_store
+from test_lifecycle import Front, settle
+
+from router.config import load_config
+from router.history import SERIES, Ring, quantile
+from router.metrics import LATENCY_BUCKETS
+from router.proto.errors import ConfigError, NotFound
+from router.server import Server
+
+CONFIG = """\
+[server]
+http = ""
+msgpack = ""
+history_interval_s = 10
+history_s = 60
+
+[store]
+path = "store"
+
+[[models]]
+name = "fraud"
+routing_key = "x-user-id"
+  [[models.versions]]
+  version = "1"
+  weight = 3
+  [[models.versions]]
+  version = "2"
+  weight = 1
+"""
+
+
+async def started(tmp_path) -> Server:
+    fake_store(tmp_path / "store", {"fraud": ["1", "2"]})
+    (tmp_path / "config.toml").write_text(CONFIG)
+    s = Server(load_config(tmp_path / "config.toml"), replica_factory=Replicas())
+    await s.deployments.start()
+    s.state.started = True
+    return s
+
+
+async def send(s: Server, n: int, prefix: str) -> None:
+    front = Front(s)
+    for i in range(n):
+        front.send(key=f"{prefix}-{i}")
+    await settle(lambda: len(front.replies) == n)
+
+
+def test_points_are_the_differences_over_each_interval(tmp_path):
+    async def main() -> None:
+        s = await started(tmp_path)
+        h = s.history
+        h.sample(1000.0)  # the first reading: no point yet
+        assert h.rings == {}
+        await send(s, 400, "a")
+        h.sample(1010.0)
+        q = s.control.history("fraud")
+        assert q.series == list(SERIES) and q.interval_s == 10
+        v1, v2 = q.versions["1"], q.versions["2"]
+        assert v1["t"] == [1010.0] and v2["t"] == [1010.0]
+        n1, n2 = v1["rate"][0] * 10, v2["rate"][0] * 10
+        assert n1 + n2 == 400 and n1 > n2 > 0  # weights 3:1
+        assert v1["share"][0] == pytest.approx(n1 / 400) and v1["share"][0] + v2["share"][0] == pytest.approx(1)
+        assert v1["error_rate"] == [0.0]
+        assert 0 < v1["p50"][0] <= v1["p99"][0] <= LATENCY_BUCKETS[-1]
+        assert v1["agreement"] == [None]  # no shadow
+        assert v1["cpu"] == [None] and v1["memory"] == [None]  # fakes have no process
+        # An interval with no request: rate 0, no latency, no share.
+        h.sample(1020.0)
+        q = s.control.history("fraud", ["rate", "p99", "share"], since=1015.0)
+        assert q.versions["1"] == {"t": [1020.0], "rate": [0.0], "p99": [None], "share": [None]}
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+def test_the_ring_keeps_the_last_points_in_fixed_memory():
+    ring = Ring(3, ["rate"])
+    for t in range(1, 6):
+        ring.append(float(t), {"rate": t * 10.0})
+    assert ring.since(0, ["rate"]) == {"t": [3.0, 4.0, 5.0], "rate": [30.0, 40.0, 50.0]}
+    assert ring.since(4.0, ["rate"]) == {"t": [5.0], "rate": [50.0]}
+    assert ring.last() == 5.0 and len(ring.times) == 3
+
+
+def test_history_size_follows_the_config_and_old_versions_are_forgotten(tmp_path):
+    async def main() -> None:
+        s = await started(tmp_path)
+        h = s.history
+        assert h.size == 6  # 60 s at 10 s
+        for k in range(10):
+            h.sample(1000.0 + 10 * k)
+        assert len(s.control.history("fraud").versions["1"]["t"]) == 6
+        await s.control.deploy("fraud", [{"version": "1", "weight": 1}])
+        for k in range(10, 16):
+            h.sample(1000.0 + 10 * k)
+        assert set(s.control.history("fraud").versions) == {"1", "2"}  # v2 until its points age out
+        h.sample(1160.0)
+        assert set(s.control.history("fraud").versions) == {"1"}
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+def test_bad_queries_name_what_is_wrong(tmp_path):
+    async def main() -> None:
+        s = await started(tmp_path)
+        with pytest.raises(NotFound, match="unknown model 'nosuch'"):
+            s.control.history("nosuch")
+        with pytest.raises(ConfigError, match="series: unknown 'p42'"):
+            s.control.history("fraud", ["rate", "p42"])
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_quantile_interpolates_inside_buckets_as_histogram_quantile_does(seed):
+    rng = np.random.default_rng(seed)
+    counts = list(rng.integers(0, 50, size=len(LATENCY_BUCKETS) + 1))
+    total = sum(counts)
+    bounds = [0.0, *LATENCY_BUCKETS]
+    cum = np.cumsum(counts)
+    for q in (0.5, 0.9, 0.99):
+        rank = q * total
+        i = int(np.searchsorted(cum, rank))  # the first bucket whose cumulative count reaches the rank
+        if i >= len(LATENCY_BUCKETS):
+            want = LATENCY_BUCKETS[-1]
+        else:
+            below = cum[i - 1] if i else 0
+            want = bounds[i] + (bounds[i + 1] - bounds[i]) * (rank - below) / counts[i]
+        assert quantile(q, counts) == pytest.approx(want, rel=1e-12)
+    assert math.isnan(quantile(0.5, [0] * (len(LATENCY_BUCKETS) + 1)))
