@@ -72,8 +72,8 @@ def test_weights_change_live_without_worker_restarts_and_are_written_back(start_
     ([1, 2], "body must be a JSON object"),
     (b"{nope", "malformed JSON"),
 ])
-def test_invalid_changes_are_400_and_change_nothing(start_daemon, body, message):
-    d = start_daemon()
+def test_invalid_changes_are_400_and_change_nothing(shared_daemon, body, message):
+    d = shared_daemon  # each case changes nothing, which is what it asserts: one daemon serves them all
     before = d.config.read_text()
     status, res = put(d, "fraud", body)
     assert status == 400 and message in res["error"]
