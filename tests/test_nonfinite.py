@@ -310,8 +310,8 @@ def serve(tmp_path: Path, nonfinite: str, frames: list[bytes]) -> list[tuple[int
         for f in frames:
             ours.sendall(f)
             got: list[bytes] = []
-            while not got:
-                got = list(scanner.feed(ours.recv(1 << 16)))
+            while not got:  # the worker's statistics frames (rid 0) are not replies
+                got = [g for g in scanner.feed(ours.recv(1 << 16)) if link.unpack(g)[0] != 0]
             replies += [link.unpack(g)[:2] + (link.unpack(g)[3],) for g in got]
     finally:
         ours.close()
