@@ -14,12 +14,12 @@ PYX  := $(wildcard ext/*.pyx)
 SO   := $(patsubst ext/%.pyx,router/%_c.stamp,$(PYX))
 DEMO := model-store/fraud/1/model.pt
 
-.PHONY: run test build demo lint bench bench-smoke fuzz clean
+.PHONY: run test tools build demo lint bench bench-smoke fuzz clean
 
 run: build demo
 	$(PY) -m router serve --config $(CONFIG)
 
-test: build
+test: build tools
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
@@ -28,6 +28,14 @@ test: build
 	ROUTER_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not daemon or twins"
 
 build: $(STAMP) $(SO)
+
+# System tools the tests run: prometheus and promtool (tests/test_monitoring.py), from Debian's prometheus
+# package, installed only when missing. Where apt-get cannot install them the build goes on, and those
+# tests fail saying what is missing.
+tools:
+	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1; } \
+		|| echo "warning: could not install prometheus (apt-get install prometheus): tests/test_monitoring.py will fail"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
