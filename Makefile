@@ -63,6 +63,7 @@ bench: build
 	$(PY) -m bench.deploy --json bench/out/deploy.json
 	$(PY) -m bench.idle --json bench/out/idle.json
 	$(PY) -m bench.chaos --json bench/out/chaos.json
+	$(PY) -m bench.drift --json bench/out/drift.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
@@ -74,6 +75,7 @@ bench-smoke: build
 	$(PY) -m bench.shadow --quick --json bench/out/shadow-smoke.json
 	$(PY) -m bench.deploy --quick --json bench/out/deploy-smoke.json
 	$(PY) -m bench.chaos --quick --json bench/out/chaos-smoke.json
+	$(PY) -m bench.drift --quick --json bench/out/drift-smoke.json
 
 # Coverage-guided fuzzing (tests/fuzz/): each target runs FUZZ_SECONDS under atheris, from its corpus
 # in tests/fuzz/corpus/<target>/; then libFuzzer's -merge=1 adds to that corpus only the inputs that reach

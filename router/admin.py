@@ -250,6 +250,9 @@ class AdminHandlers:
         return web.json_response(result.to_json())
 
 
+    async def drift(self, request: web.Request) -> web.Response:
+        return web.json_response(self.control.drift(request.match_info["model"]).to_json())
+
     async def history(self, request: web.Request) -> web.Response:
         """``?series=rate,p99`` (default all), ``?since=`` unix seconds or negative seconds before now."""
         q = request.query
@@ -308,6 +311,7 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app.router.add_post("/models/{model}/deploy", h.deploy)
     app.router.add_get("/models/{model}/versions", h.versions)
     app.router.add_get("/models/{model}/history", h.history)
+    app.router.add_get("/models/{model}/drift", h.drift)
     app.router.add_post("/models/{model}/versions/{version}", h.push, name=_PUSH_ROUTE)
     app.router.add_delete("/models/{model}/versions/{version}", h.remove)
     app.router.add_post("/models/{model}/versions/{version}/rollout", h.rollout)

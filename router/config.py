@@ -256,6 +256,31 @@ class VersionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DriftConfig:
+    """``[models.drift]``: data drift monitoring, in the workers (docs/monitoring.md)."""
+
+    TABLE: ClassVar[str] = "[models.drift]"
+
+    enabled: bool = setting(True, doc="workers keep input and output histograms and drift statistics")
+    reference_rows: int = setting(1000, lo=10, hi=1_000_000, doc="live rows taken as the reference when the "
+                                                                "version has no sample.npz")
+    window_rows: int = setting(10_000, lo=100, hi=10_000_000, doc="rows of the sliding window compared with the "
+                                                                  "reference")
+    min_window: int = setting(200, lo=1, hi=10_000_000, doc="finite values a feature's window needs before it is "
+                                                            "flagged")
+    psi_warning: float = setting(0.1, lo=1e-4, hi=100, doc="PSI from which a feature is a warning (at most psi_drift "
+                                                           "is used)")
+    psi_drift: float = setting(0.25, lo=1e-4, hi=100, doc="PSI from which a feature is drifting")
+    js_drift: float = setting(0.2, lo=1e-4, hi=1, doc="Jensen-Shannon distance from which a feature is drifting")
+    ks_drift: float = setting(0.2, lo=1e-4, hi=1, doc="two-sample KS statistic from which a feature is drifting")
+
+    def to_table(self) -> dict[str, Any]:
+        """The keys that differ from their defaults."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != f.default}
+
+
+@dataclass(frozen=True, slots=True)
 class ModelConfig:
     """``[[models]]``: one endpoint and its versions."""
 
@@ -268,6 +293,18 @@ class ModelConfig:
     # Applied by the workers (runtime/codecs/requests.py); a change restarts them (a deploy).
     nonfinite: Literal["reject", "allow"] = setting("reject",
                                                     doc="inputs holding NaN or Infinity: 400, or passed to the model")
+    # Applied by the workers (runtime/drift); a change restarts them (a deploy).
+    drift: DriftConfig = setting(DriftConfig(), doc="[models.drift]: data drift monitoring")
+
+    def to_table(self) -> dict[str, Any]:
+        """The ``[[models]]`` keys that reproduce this model (versions as tables), defaults left out."""
+        out: dict[str, Any] = {"name": self.name, "versions": [v.to_table() for v in self.versions]}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in out or value == f.default:
+                continue
+            out[f.name] = value.to_table() if isinstance(value, DriftConfig) else value
+        return out
 
     def version(self, v: str) -> VersionConfig | None:
         for vc in self.versions:

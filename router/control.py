@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
-from . import configfile, reload
+from . import configfile, drift, reload
 from .config import Config, ModelConfig, VersionConfig, parse_model, parse_value
 from .configfile import plain_number
 from .deployments import Deployments
@@ -44,6 +44,7 @@ from .proto.errors import (
     shown,
 )
 from .results import (
+    DriftResult,
     HistoryResult,
     PushedVersion,
     ReloadResult,
@@ -150,6 +151,18 @@ class ControlPlane:
             out.append(t)
         return StatusResult(out, self.state.started and self.routing.ready, self.state.draining)
 
+    def drift(self, model: str) -> DriftResult:
+        """The model's data drift per version of its active pool, merged over each version's replicas.
+
+        Raises:
+            NotFound: unknown model.
+        """
+        pool = self._pool(model)
+        conf = pool.config.drift
+        thresholds = {k: getattr(conf, k) for k in ("psi_warning", "psi_drift", "js_drift", "ks_drift", "min_window")}
+        return DriftResult(model, conf.enabled, thresholds,
+                           {v: drift.of_replicas(s.replicas) for v, s in pool.versions.items()})
+
     def history(self, model: str, series: list[str] | None = None, since: float | None = None) -> HistoryResult:
         """The model's recent points (:mod:`router.history`): ``series`` (default all) after ``since``
         (unix seconds; negative: that many seconds before now; default: all kept).
@@ -220,11 +233,8 @@ class ControlPlane:
                 if version not in versions:
                     raise ConfigError(f"{section}.{version}: unknown version (the model has {', '.join(versions)})")
                 versions[version][key] = parse_value(VersionConfig, key, value, f"{section}.{version}")
-        raw: dict[str, Any] = {"name": mc.name, "versions": list(versions.values()),
-                               "keep_previous_s": mc.keep_previous_s, "nonfinite": mc.nonfinite}
-        if mc.routing_key is not None:
-            raw["routing_key"] = mc.routing_key
-        return parse_model(raw, "traffic")
+        # Every other model key as it is (from the fields: a key added later is never dropped here).
+        return parse_model({**mc.to_table(), "versions": list(versions.values())}, "traffic")
 
     async def reload(self) -> ReloadResult:
         """Re-read the config file and apply what changed: traffic live, workers blue-green.
@@ -303,12 +313,7 @@ class ControlPlane:
 
     async def _deploy(self, model: str, versions: list[Any], where: str) -> float:
         """:meth:`deploy` under the lock; the swap's duration in seconds."""
-        old = self._pool(model).config
-        raw: dict[str, Any] = {"name": model, "versions": versions, "keep_previous_s": old.keep_previous_s,
-                               "nonfinite": old.nonfinite}
-        if old.routing_key is not None:
-            raw["routing_key"] = old.routing_key
-        mc = parse_model(raw, where)
+        mc = parse_model({**self._pool(model).config.to_table(), "versions": versions}, where)
         async with self._file_kept(configfile.write_versions, model, versions):
             return await self.deployments.deploy(mc, where)
 

@@ -21,7 +21,7 @@ from time import monotonic, perf_counter
 from typing import Protocol
 
 from . import priority
-from .config import Config, ModelConfig, VersionConfig
+from .config import Config, DriftConfig, ModelConfig, VersionConfig
 from .metrics import Metrics
 from .proto.errors import ConfigError, DeployFailed, NoPreviousPool
 from .proto.meta import ModelMeta, model_file, read_meta
@@ -34,10 +34,10 @@ log = logging.getLogger("router.deployments")
 
 class ReplicaFactory(Protocol):
     """Makes the (not yet started) replica ``index`` of a version: :class:`Replica` in the daemon,
-    in-process fakes in tests. ``nonfinite`` is the model's ``nonfinite`` policy."""
+    in-process fakes in tests. ``nonfinite`` and ``drift`` are the model's settings the workers apply."""
 
     def __call__(self, model: str, vc: VersionConfig, index: int, model_dir: Path,
-                 on_state: Callable[[Replica], None], *, nonfinite: str) -> Replica: ...
+                 on_state: Callable[[Replica], None], *, nonfinite: str, drift: DriftConfig) -> Replica: ...
 
 
 def resolve_meta(store: Path, model: str, version: str, where: str) -> tuple[Path, ModelMeta]:
@@ -89,10 +89,10 @@ class Deployments:
             metrics.register_model(mc.name)
 
     def _process_replica(self, model: str, vc: VersionConfig, index: int, model_dir: Path,
-                         on_state: Callable[[Replica], None], *, nonfinite: str) -> Replica:
+                         on_state: Callable[[Replica], None], *, nonfinite: str, drift: DriftConfig) -> Replica:
         s = self.config.server
         return Replica(model, vc, index, model_dir, s.max_body_bytes + 4096, s.worker_start_timeout_s, on_state,
-                       self.routing.cork, nonfinite=nonfinite, on_load_failure=self._on_load_failure)
+                       self.routing.cork, nonfinite=nonfinite, on_load_failure=self._on_load_failure, drift=drift)
 
     def _on_load_failure(self, replica: Replica, reason: str) -> None:
         # Label values: the model and version come from the config, the reason from the kernel's list.
@@ -108,7 +108,7 @@ class Deployments:
         sets = {}
         for j, vc in enumerate(mc.versions):
             d, meta = resolve_meta(config.store_path, mc.name, vc.version, f"{where}.versions[{j}]")
-            reps = [self._factory(mc.name, vc, k, d, self._on_state, nonfinite=mc.nonfinite)
+            reps = [self._factory(mc.name, vc, k, d, self._on_state, nonfinite=mc.nonfinite, drift=mc.drift)
                     for k in range(vc.replicas)]
             sets[vc.version] = ReplicaSet(mc.name, vc, meta, reps)
         # Every version gets a target: any weight-0 version may become a shadow at runtime.

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from . import drift
 from .proto import stats
 
 #: 25 us .. 10 s: fine enough for a router that adds tens of microseconds.
@@ -122,6 +123,9 @@ class Metrics:
         #: the worker resource series (``/proc`` and the workers' statistics frames).
         self.workers: Callable[[], Iterable[tuple[Any, str]]] = tuple
         r.register(_Workers(self))
+        #: Yields ``(model, version, replicas)`` of every active pool's versions: their drift at scrape time.
+        self.drift_versions: Callable[[], Iterable[tuple[str, str, Any]]] = tuple
+        r.register(_Drift(self))
 
     def register_model(self, model: str) -> None:
         """Create the model's in-flight gauges and the label set of requests naming what it does not have.
@@ -314,3 +318,38 @@ class _Workers(Collector):
             if "device_memory" in report:
                 device.add_metric(values, report["device_memory"])
         yield from (cpu, rss, depth, device, batch, queued, compute)
+
+
+class _Drift(Collector):
+    """Per active model version, its drift merged over its replicas (:mod:`router.drift`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        stat = GaugeMetricFamily("router_drift_statistic", "Drift of one input or output column (feature) from the "
+                                 "version's reference: statistic=psi (population stability index), js "
+                                 "(Jensen-Shannon distance, base 2), ks (two-sample Kolmogorov-Smirnov, on fine "
+                                 "bins).", labels=["model", "version", "io", "feature", "statistic"])
+        flag = GaugeMetricFamily("router_drift_drifting", "1 when the feature's drift is over a [models.drift] "
+                                 "threshold.", labels=["model", "version", "io", "feature"])
+        version_flag = GaugeMetricFamily("router_drift_version_drifting", "1 when any feature of the version is "
+                                         "drifting.", labels=["model", "version"])
+        window = GaugeMetricFamily("router_drift_window_rows", "Rows in the sliding windows compared with the "
+                                   "reference (all replicas).", labels=["model", "version", "io"])
+        reference = GaugeMetricFamily("router_drift_reference_rows", "Rows of the reference (0 while the first "
+                                      "live rows are being collected).", labels=["model", "version", "io"])
+        for model, version, replicas in sorted(self._metrics.drift_versions(), key=lambda x: (x[0], x[1])):
+            merged = drift.of_replicas(replicas)
+            if merged is None:
+                continue
+            version_flag.add_metric([model, version], 1 if merged["drifting"] else 0)
+            for io, group in (("input", merged["inputs"]), ("output", merged["outputs"])):
+                window.add_metric([model, version, io], group["window"])
+                reference.add_metric([model, version, io], group["reference"])
+                for feature, f in group["features"].items():
+                    for name in drift.STATISTICS:
+                        if f[name] is not None:
+                            stat.add_metric([model, version, io, feature, name], f[name])
+                    flag.add_metric([model, version, io, feature], 1 if f["drifting"] else 0)
+        yield from (stat, flag, version_flag, window, reference)

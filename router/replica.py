@@ -9,7 +9,9 @@ outlives its router, even one killed by SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
+import json
 import logging
 import os
 import socket
@@ -18,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import VersionConfig
+from .config import DriftConfig, VersionConfig
 from .cork import Cork
 from .proto.errors import ModelLoadFailed
 from .proto.link import KIND_WARMUP
@@ -61,6 +63,7 @@ class Replica:
         cork: the router's write coalescing, shared by every link.
         nonfinite: the model's policy for NaN and infinities in inputs (``ModelConfig.nonfinite``);
             the worker applies it.
+        drift: the model's drift monitoring (``ModelConfig.drift``); the worker applies it.
         on_load_failure: called with this replica and the reason (``ModelLoadFailed.reason``) each
             time a worker fails to become live: it refused its version, died, timed out or failed
             its warm-up. Not called for a worker stopped on purpose.
@@ -68,8 +71,10 @@ class Replica:
 
     def __init__(self, model: str, vc: VersionConfig, index: int, model_dir: Path, max_frame: int,
                  start_timeout: float, on_state: Callable[[Replica], None], cork: Cork | None = None, *,
-                 nonfinite: str = "reject", on_load_failure: Callable[[Replica, str], None] | None = None) -> None:
+                 nonfinite: str = "reject", on_load_failure: Callable[[Replica, str], None] | None = None,
+                 drift: DriftConfig | None = None) -> None:
         self.model = model
+        self.drift = drift if drift is not None else DriftConfig()
         self.on_load_failure = on_load_failure
         self.nonfinite = nonfinite
         self.cork = cork
@@ -158,6 +163,7 @@ class Replica:
             "--max-batch-delay-us", str(vc.max_batch_delay_us),
             "--max-frame", str(self.max_frame),
             "--nonfinite", self.nonfinite,
+            "--drift", json.dumps(dataclasses.asdict(self.drift)),
         ]
         if not vc.optimize:
             argv.append("--no-optimize")

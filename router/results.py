@@ -276,3 +276,39 @@ class HistoryResult:
 
 def _show(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+@dataclass(frozen=True, slots=True)
+class DriftResult:
+    """A model's data drift per version (:mod:`router.drift`): ``enabled`` (``[models.drift]``), the
+    ``thresholds``, and per version its merged summary (None until a worker reported)."""
+
+    model: str
+    enabled: bool
+    thresholds: dict[str, float]
+    versions: dict[str, dict[str, Any] | None]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DriftResult:
+        return cls(d["model"], d["enabled"], d["thresholds"], d["versions"])
+
+    def text(self) -> str:
+        if not self.enabled:
+            return f"model {self.model}: drift monitoring is off ([models.drift] enabled = false)"
+        lines = [f"model {self.model}: drift against each version's reference"]
+        for version, d in self.versions.items():
+            if d is None:
+                lines.append(f"  v{version}: no report yet")
+                continue
+            state = "DRIFTING" if d["drifting"] else "warning" if d["warning"] else "ok"
+            lines.append(f"  v{version}: {state} (window {d['inputs']['window']} rows, reference "
+                         f"{d['inputs']['reference'] or 'collecting ' + str(d['inputs']['collecting'])})")
+            for io in ("inputs", "outputs"):
+                for name, f in d[io]["features"].items():
+                    flag = " DRIFTING" if f["drifting"] else " warning" if f["warning"] else ""
+                    lines.append(f"    {io[:-1]} {name:<16} psi {_show(f['psi'])}  js {_show(f['js'])}  "
+                                 f"ks {_show(f['ks'])}{flag}")
+        return "\n".join(lines)

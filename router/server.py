@@ -64,6 +64,8 @@ class Server:
         # Only the active pools' shadow queues are reported: a standby or retired pool's never are.
         self.metrics.shadow_queues = lambda: (t for p in self.routing.active.values() for t in p.active_shadows())
         self.metrics.workers = lambda: ((r, p.color) for p in self.routing.pools for r in p.replicas)
+        self.metrics.drift_versions = lambda: ((m, v, s.replicas) for m, p in self.routing.active.items()
+                                               for v, s in p.versions.items())
         self.history = History(self.metrics, self.metrics.workers, self._active_versions, s.history_interval_s,
                                s.history_s)
         self.control.history_source = self.history

@@ -20,7 +20,7 @@ from .cork import Cork, Holding
 from .proto import link
 from .proto.errors import FrameError, ModelLoadFailed
 from .proto.framing import FrameScanner
-from .proto.link import REFUSALS, STATUS_HELLO, STATUS_REFUSED, STATUS_STATS
+from .proto.link import REFUSALS, STATUS_DRIFT, STATUS_HELLO, STATUS_REFUSED, STATUS_STATS
 
 log = logging.getLogger("router.worker_link")
 
@@ -87,8 +87,10 @@ class WorkerLink(asyncio.Protocol, Holding):
         #: (0: it owes nothing). Expiry leaves it: a worker that answers nothing stays suspect.
         #: The routing's sweep reads it to find hung workers; no clock is read per request for it.
         self.owed_from = 0.0
-        #: The worker's last statistics payload (:mod:`router.proto.stats`), as it came: decoded at scrape time.
+        #: The worker's last statistics and drift payloads (:mod:`router.proto.stats`), as they came: decoded
+        #: when read (a scrape, the drift API).
         self.stats: bytes | None = None
+        self.drift: bytes | None = None
         #: Set by the routing when the worker answered nothing for ``server.hang_timeout_s``.
         self.hung = False
         self.hung_since = 0.0
@@ -150,6 +152,8 @@ class WorkerLink(asyncio.Protocol, Holding):
                 self.hello.set_result(msgpack.unpackb(payload))
             elif rid == 0 and status == STATUS_STATS:
                 self.stats = payload
+            elif rid == 0 and status == STATUS_DRIFT:
+                self.drift = payload
             elif rid == 0 and status == STATUS_REFUSED and not self.hello.done():
                 self._refused(payload)
             # else: the reply of a request already answered 504: dropped.

@@ -37,12 +37,14 @@ def parse_args(argv: list[str] | None = None) -> WorkerSpec:
     p.add_argument("--no-optimize", action="store_true", help="skip optimize_for_inference")
     p.add_argument("--nonfinite", choices=NONFINITE, default="reject",
                    help="NaN and infinities in FP inputs: 400 (reject) or passed to the model (allow)")
+    p.add_argument("--drift", default="", help='drift monitoring, as JSON: {"enabled": true, "reference_rows": '
+                   '1000, ...} (the keys of [models.drift]); empty: none')
     a = p.parse_args(argv)
     return WorkerSpec(
         fd=a.fd, parent_pid=a.parent_pid, model_dir=a.model_dir, name=a.name, version=a.version,
         device=a.device, cpus=tuple(int(c) for c in a.cpus.split(",") if c), threads=a.threads,
         max_batch_size=a.max_batch_size, max_batch_delay_us=a.max_batch_delay_us, max_frame=a.max_frame,
-        optimize=not a.no_optimize, nonfinite=a.nonfinite,
+        optimize=not a.no_optimize, nonfinite=a.nonfinite, drift=a.drift,
     )
 
 

@@ -8,12 +8,15 @@ does anything per request for them, and an idle worker sends nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from time import perf_counter
+from time import monotonic, perf_counter
 
+import msgpack
 import numpy as np
 
 from router.proto import stats
 from router.proto.stats import BATCH_BUCKETS, SECONDS_BUCKETS
+
+from .drift import DriftMonitor
 
 
 class WorkerStats:
@@ -23,15 +26,25 @@ class WorkerStats:
         device_memory: reads the bytes the device holds for this process (CUDA), or None on the CPU.
     """
 
-    __slots__ = ("batch", "queued", "compute", "device_memory", "dirty")
+    __slots__ = ("batch", "queued", "compute", "device_memory", "drift", "dirty", "_drift_due", "_drift_new")
 
-    def __init__(self, device_memory: Callable[[], int] | None = None) -> None:
+    def __init__(self, device_memory: Callable[[], int] | None = None, drift: DriftMonitor | None = None) -> None:
         self.batch = stats.new_row(BATCH_BUCKETS)
         self.queued = stats.new_row(SECONDS_BUCKETS)
         self.compute = stats.new_row(SECONDS_BUCKETS)
         self.device_memory = device_memory
+        #: The version's drift monitor: fed each forward's inputs and outputs, summarised in the report.
+        self.drift = drift
         #: Something was counted since the last report.
         self.dirty = False
+        self._drift_due = 0.0
+        self._drift_new = False  # the monitor saw rows its last summary did not
+
+    def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
+        """A forward's inputs and outputs, for the drift monitor (which samples what it counts)."""
+        if self.drift is not None:
+            self.drift.observe(inputs, outputs)
+            self._drift_new = True
 
     def forward(self, rows: int, seconds: float) -> None:
         """One forward of ``rows`` rows that took ``seconds``."""
@@ -49,17 +62,33 @@ class WorkerStats:
         mem = self.device_memory() if self.device_memory is not None else None
         return stats.pack(self.batch, self.queued, self.compute, mem)
 
+    def drift_payload(self) -> bytes | None:
+        """The drift frame's payload when the monitor saw new rows and one is due (at most every
+        ``DRIFT_INTERVAL_S``: a summary takes a few hundred microseconds for a few features), else None.
+        New rows whose summary is not due yet keep ``dirty`` set, so that a worker gone idle still sends it."""
+        if self.drift is None or not self._drift_new:
+            return None
+        now = monotonic()
+        if now < self._drift_due:
+            self.dirty = True
+            return None
+        self._drift_due = now + stats.DRIFT_INTERVAL_S
+        self._drift_new = False
+        return msgpack.packb(self.drift.summary())
+
 
 def timed(forward: Callable[[Sequence[np.ndarray]], list[np.ndarray]], stats: WorkerStats
           ) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
     """``forward``, counting each call's rows (the first input's first dimension) and duration in ``stats``.
     A forward that raises is not counted."""
-    observe = stats.forward
+    counted = stats.forward
+    observe = stats.observe
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         t0 = perf_counter()
         out = forward(inputs)
-        observe(len(inputs[0]) if len(inputs) else 0, perf_counter() - t0)
+        counted(len(inputs[0]) if len(inputs) else 0, perf_counter() - t0)
+        observe(inputs, out)
         return out
 
     return run

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import logging
 import math
 import os
@@ -26,17 +27,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import msgpack
+import numpy as np
 import torch
 
 from router.proto import link
 from router.proto.errors import FrameError, InternalError, RouterError
 from router.proto.framing import FrameScanner
-from router.proto.link import KIND_WARMUP, SHADOW, STATUS_HELLO, STATUS_REFUSED, STATUS_STATS
+from router.proto.link import KIND_WARMUP, SHADOW, STATUS_DRIFT, STATUS_HELLO, STATUS_REFUSED, STATUS_STATS
 from router.proto.meta import ModelMeta
 from router.proto.stats import INTERVAL_S
 
 from .batcher import Batcher, Reply
 from .codecs import Request, decode_reply, decode_request, example_request
+from .drift import DriftMonitor, DriftThresholds, load_sample
 from .express import Express
 from .model import Model, refusal_of
 from .stats import WorkerStats, timed
@@ -66,6 +69,8 @@ class WorkerSpec:
     optimize: bool = True
     #: The model's policy for NaN and infinities in FP inputs: "reject" (400) or "allow".
     nonfinite: str = "reject"
+    #: The model's ``[models.drift]`` keys as JSON; empty: no drift monitoring.
+    drift: str = ""
 
 
 def die_with_parent(parent_pid: int) -> None:
@@ -85,11 +90,12 @@ def die_with_parent(parent_pid: int) -> None:
 class Worker:
     """Serves one model over one connected socket until the router closes it."""
 
-    def __init__(self, spec: WorkerSpec, sock: socket.socket, model: Model, meta: ModelMeta) -> None:
+    def __init__(self, spec: WorkerSpec, sock: socket.socket, model: Model, meta: ModelMeta,
+                 drift: DriftMonitor | None = None) -> None:
         self.spec = spec
         self.sock = sock
         self.meta = meta
-        self.stats = WorkerStats(_device_memory(spec.device))
+        self.stats = WorkerStats(_device_memory(spec.device), drift)
         forward = timed(model.forward, self.stats)
         self.batcher = Batcher(forward, meta, spec.max_batch_size)
         self.scanner = FrameScanner(spec.max_frame)
@@ -117,8 +123,12 @@ class Worker:
         self._flush()
 
     def _report(self) -> None:
-        """Send the statistics frame (:mod:`router.proto.stats`)."""
-        self.sock.sendall(link.pack(0, STATUS_STATS, 0, self.stats.payload()))
+        """Send the statistics frame, and the drift summary when one is due (:mod:`router.proto.stats`)."""
+        frames = [link.pack(0, STATUS_STATS, 0, self.stats.payload())]
+        drift = self.stats.drift_payload()
+        if drift is not None:
+            frames.append(link.pack(0, STATUS_DRIFT, 0, drift))
+        self.sock.sendall(b"".join(frames))
 
     def _queue(self, reply: Reply) -> None:
         self.out.append(link.pack(*reply))
@@ -226,6 +236,43 @@ class Worker:
                 report_at = first_at + INTERVAL_S
 
 
+def drift_monitor(spec: WorkerSpec, model: Model) -> DriftMonitor | None:
+    """The version's drift monitor (``[models.drift]``), its reference fixed from the version's ``sample.npz``
+    when it has one (the outputs' too: the model runs on it), else from its first live rows. None when off.
+
+    A sample that cannot be read is logged and the live rows are used instead: drift monitoring never
+    keeps a version from serving.
+    """
+    conf = json.loads(spec.drift) if spec.drift else {"enabled": False}
+    if not conf.get("enabled", True):
+        return None
+    psi_drift = conf.get("psi_drift", 0.25)
+    thresholds = DriftThresholds(psi_warning=min(conf.get("psi_warning", 0.1), psi_drift), psi_drift=psi_drift,
+                                 js_drift=conf.get("js_drift", 0.2), ks_drift=conf.get("ks_drift", 0.2),
+                                 min_window=conf.get("min_window", 200))
+    meta = model.meta
+    monitor = DriftMonitor.for_meta(meta, reference_rows=conf.get("reference_rows", 1000),
+                                    window_rows=conf.get("window_rows", 10_000), thresholds=thresholds)
+    try:
+        sample = load_sample(spec.model_dir, meta.inputs)
+    except RouterError as exc:
+        log.warning("drift: %s; the first %d live rows will be the reference", exc, conf.get("reference_rows", 1000))
+        return monitor
+    if sample is not None:
+        monitor.set_reference(sample, _outputs_of(model, sample) if meta.batchable else None)
+        log.info("drift: the reference is sample.npz (%d rows)", len(next(iter(sample.values()))))
+    return monitor
+
+
+def _outputs_of(model: Model, sample: dict[str, np.ndarray], rows: int = 1024) -> dict[str, np.ndarray]:
+    """The model's outputs on a reference sample, run ``rows`` at a time."""
+    inputs = [sample[t.name] for t in model.meta.inputs]
+    n = len(inputs[0])
+    with torch.inference_mode():
+        parts = [model.forward([a[i:i + rows] for a in inputs]) for i in range(0, n, rows)]
+    return {t.name: np.concatenate([p[k] for p in parts]) for k, t in enumerate(model.meta.outputs)}
+
+
 def _device_memory(device: str) -> Callable[[], int] | None:
     """What reads the bytes the CUDA caching allocator holds for ``device``; None on the CPU."""
     if not device.startswith("cuda"):
@@ -270,7 +317,7 @@ def run(spec: WorkerSpec) -> int:
     log.info("loaded %s/%s (%s) on %s in %.0f ms (cpus %s, %d threads)", spec.name, spec.version,
              "torch.export" if model.exported else "TorchScript", spec.device, (time.monotonic() - t0) * 1000,
              sorted(os.sched_getaffinity(0)), spec.threads)
-    worker = Worker(spec, sock, model, meta)
+    worker = Worker(spec, sock, model, meta, drift_monitor(spec, model))
     # torch, numpy and the model are loaded for good: keep the collector from
     # walking them again and again (a full collection of them is a latency spike).
     gc.freeze()

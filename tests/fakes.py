@@ -221,7 +221,7 @@ class Replicas:
         self.made: list[FakeReplica] = []
 
     def __call__(self, model: str, vc: Any, index: int, model_dir: Path,
-                 on_state: Callable[[Any], None], *, nonfinite: str = "reject") -> FakeReplica:
+                 on_state: Callable[[Any], None], *, nonfinite: str = "reject", drift: Any = None) -> FakeReplica:
         r = FakeReplica(model, vc, index, model_dir, on_state, self.answer, vc.version in self.fail_warmup,
                         nonfinite)
         self.made.append(r)

@@ -16,6 +16,7 @@ from router.config import (
     TRAFFIC_KEYS,
     AdminConfig,
     Config,
+    DriftConfig,
     ModelConfig,
     ServerConfig,
     StoreConfig,
@@ -125,7 +126,7 @@ def test_config_is_frozen():
 
 # -- the dataclass fields are the one source of truth ---------------------------------------------
 
-TABLES = [ServerConfig, StoreConfig, AdminConfig, ModelConfig, VersionConfig]
+TABLES = [ServerConfig, StoreConfig, AdminConfig, ModelConfig, VersionConfig, DriftConfig]
 
 
 def keys(cls):
@@ -144,6 +145,9 @@ def place(cls, key, value):
     if cls is ModelConfig:
         doc["models"][0][key] = value
         return doc, f"models[0].{key}"
+    if cls is DriftConfig:
+        doc["models"][0]["drift"] = {key: value}
+        return doc, f"models[0].drift.{key}"
     table = cls.TABLE.strip("[]")
     doc[table] = {key: value}
     return doc, f"{table}.{key}"
@@ -152,7 +156,7 @@ def place(cls, key, value):
 def read_back(cls, doc, key):
     c = parse_config(doc)
     table = {ServerConfig: c.server, AdminConfig: c.admin, ModelConfig: c.models[0],
-             VersionConfig: c.models[0].versions[-1], StoreConfig: c.store}[cls]
+             VersionConfig: c.models[0].versions[-1], StoreConfig: c.store, DriftConfig: c.models[0].drift}[cls]
     return getattr(table, settings(cls)[key][0].name)
 
 
@@ -160,7 +164,8 @@ def test_defaults_are_what_an_empty_table_parses_to():
     c = parse_config(base())  # no source: paths stay as declared
     parsed = {ServerConfig: c.server, AdminConfig: c.admin, StoreConfig: c.store,
               ModelConfig: parse_model({"name": "m", "versions": [{"version": "1"}]}, "m"),
-              VersionConfig: parse_version({"version": "1"}, "v")}
+              VersionConfig: parse_version({"version": "1"}, "v"),
+              DriftConfig: parse_model({"name": "m", "versions": [{"version": "1"}]}, "m").drift}
     for cls, table in parsed.items():
         for key, f, _, _ in keys(cls):
             if f.default is not MISSING:
@@ -284,7 +289,9 @@ def test_docs_list_every_key_with_its_default_and_bounds(cls):
     for key, f, s, tp in keys(cls):
         kind, default = rows[key]
         assert s.doc, key
-        if f.default is not MISSING and f.default is not None:
+        if dataclasses.is_dataclass(tp):  # a table of its own: its keys have their defaults in its section
+            assert default == "(defaults below)", key
+        elif f.default is not MISSING and f.default is not None:
             assert default.startswith(f"`{toml_literal(f.default)}`"), key
         else:
             assert default == ("none" if type(None) in get_args(tp) else "required"), key

@@ -19,7 +19,7 @@ from runtime.model import PRELOAD_ENV, preload
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER_MODULES = ("runtime", "runtime.__main__", "runtime.worker", "runtime.model", "runtime.codecs",
-                  "runtime.express", "runtime.batcher", "runtime.compare", "runtime.validate")
+                  "runtime.express", "runtime.batcher", "runtime.compare", "runtime.validate", "runtime.drift")
 
 # Prints the router and modelkit modules loaded and whether the fixture operator is registered.
 IMPORTS = f"""

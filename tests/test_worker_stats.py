@@ -14,10 +14,11 @@ from fakes import Replicas, fake_store
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from router import drift
 from router.config import load_config
 from router.metrics import proc_usage
 from router.proto import link, stats
-from router.proto.link import STATUS_STATS
+from router.proto.link import STATUS_DRIFT, STATUS_STATS
 from router.proto.stats import BATCH_BUCKETS, SECONDS_BUCKETS
 from router.server import Server
 from runtime.stats import WorkerStats, timed
@@ -124,6 +125,59 @@ def test_the_scrape_turns_each_workers_last_report_into_series(tmp_path) -> None
         assert ("router_worker_batch_size_count", labels(1)) not in after
         # A fake has no process: no /proc series, and nothing fails for it.
         assert not any(name == "router_worker_cpu_seconds_total" for name, _ in after)
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+def feature(psi: float | None, drifting: bool = False, nonfinite: int = 0) -> dict:
+    return {"psi": psi, "js": None if psi is None else psi / 2, "ks": None if psi is None else psi / 4,
+            "nonfinite": nonfinite, "warning": drifting, "drifting": drifting}
+
+
+def report(window: int, features: dict, reference: int = 500, drifting: bool = False) -> dict:
+    group = {"reference": reference, "collecting": 0, "window": window, "skipped": 0, "features": features}
+    return {"drifting": drifting, "warning": drifting, "stride": 1, "skipped": 0, "inputs": group,
+            "outputs": {**group, "features": {}}}
+
+
+def test_drift_of_a_version_merges_its_replicas_weighted_by_window() -> None:
+    a = report(300, {"x[0]": feature(0.1), "x[1]": feature(None, nonfinite=2)})
+    b = report(100, {"x[0]": feature(0.5, drifting=True), "x[1]": feature(0.2, nonfinite=1)}, reference=400,
+               drifting=True)
+    m = drift.merge([a, b])
+    assert (m["replicas"], m["drifting"], m["warning"]) == (2, True, True)
+    x0, x1 = m["inputs"]["features"]["x[0]"], m["inputs"]["features"]["x[1]"]
+    assert x0["psi"] == pytest.approx((300 * 0.1 + 100 * 0.5) / 400) and x0["drifting"]
+    assert x0["js"] == pytest.approx((300 * 0.05 + 100 * 0.25) / 400)
+    assert x1["psi"] == pytest.approx(0.2) and x1["nonfinite"] == 3 and not x1["drifting"]  # a has no value
+    assert (m["inputs"]["window"], m["inputs"]["reference"]) == (400, 500)
+    assert drift.merge([]) is None
+
+
+def test_the_scrape_and_the_drift_api_read_each_workers_last_drift_frame(tmp_path) -> None:
+    async def main() -> None:
+        fake_store(tmp_path / "store", {"fraud": ["1"]})
+        (tmp_path / "config.toml").write_text(CONFIG)
+        reps = Replicas()
+        s = Server(load_config(tmp_path / "config.toml"), replica_factory=reps)
+        await s.deployments.start()
+        assert s.control.drift("fraud").versions == {"1": None}  # nothing reported yet
+        first, second = reps.of("1")
+        first.link.data_received(link.pack(0, STATUS_DRIFT, 0, msgpack.packb(
+            report(200, {"x[0]": feature(0.4, drifting=True)}, drifting=True))))
+        second.link.data_received(link.pack(0, STATUS_DRIFT, 0, b"\xc1"))  # unreadable: ignored
+        d = s.control.drift("fraud")
+        assert d.enabled and d.thresholds["psi_drift"] == 0.25
+        assert d.versions["1"]["drifting"] and d.versions["1"]["replicas"] == 1
+        text = generate_latest(s.metrics.registry).decode()
+        got = {(x.name, tuple(sorted(x.labels.items()))): x.value
+               for f in text_string_to_metric_families(text) for x in f.samples if x.name.startswith("router_drift")}
+        base = (("feature", "x[0]"), ("io", "input"), ("model", "fraud"))
+        assert got[("router_drift_statistic", (*base, ("statistic", "psi"), ("version", "1")))] == 0.4
+        assert got[("router_drift_drifting", (*base, ("version", "1")))] == 1
+        assert got[("router_drift_version_drifting", (("model", "fraud"), ("version", "1")))] == 1
+        assert got[("router_drift_window_rows", (("io", "input"), ("model", "fraud"), ("version", "1")))] == 200
         await s.deployments.stop()
 
     asyncio.run(main())

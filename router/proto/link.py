@@ -47,8 +47,9 @@ SHADOW = 0x10
 
 STATUS_HELLO = 1
 STATUS_REFUSED = 2
-#: ``rid == 0``: the worker's periodic statistics (:mod:`router.proto.stats`).
+#: ``rid == 0``: the worker's periodic statistics, and its drift summary (:mod:`router.proto.stats`).
 STATUS_STATS = 3
+STATUS_DRIFT = 4
 
 #: Why a worker refuses its model version (``STATUS_REFUSED``): the model file's sha256 is not
 #: meta.json's (integrity), meta.json names another model or version than its directory

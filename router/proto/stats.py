@@ -14,6 +14,11 @@ frame with ``rid`` 0 and status ``STATUS_STATS`` whose payload is a msgpack map:
 ``device_memory``
     bytes the CUDA caching allocator holds for this worker's tensors, or absent on the CPU.
 
+With its report, at most every :data:`DRIFT_INTERVAL_S`, a worker that monitors drift also sends a
+frame with status ``STATUS_DRIFT`` whose payload is the msgpack summary of ``runtime.drift``
+(``DriftMonitor.summary``): reference and window sizes, and per input and output feature its PSI,
+JS distance, KS statistic and flags.
+
 The rows count from the worker's start: a restarted worker starts again from zero, which a
 Prometheus counter reading takes as a reset. The router keeps the last payload as it came and
 decodes it only when ``/metrics`` is scraped.
@@ -28,6 +33,8 @@ import msgpack
 
 #: How often, at most, a busy worker reports.
 INTERVAL_S = 1.0
+#: How often, at most, a worker sends its drift summary (``STATUS_DRIFT``, ``runtime.drift``).
+DRIFT_INTERVAL_S = 5.0
 #: Rows per forward (the same rows as the router's histograms: a count per bucket, +Inf, the sum).
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Seconds queued or computing: 10 us .. 10 s.
@@ -71,5 +78,16 @@ def unpack(payload: bytes) -> dict[str, Any] | None:
             return None
     mem = d.get("device_memory")
     if mem is not None and not (isinstance(mem, int) and not isinstance(mem, bool)):
+        return None
+    return d
+
+
+def unpack_drift(payload: bytes) -> dict[str, Any] | None:
+    """A drift frame's summary (``STATUS_DRIFT``), or None when it is not one."""
+    try:
+        d = msgpack.unpackb(payload)
+    except Exception:
+        return None
+    if not (isinstance(d, dict) and isinstance(d.get("inputs"), dict) and isinstance(d.get("outputs"), dict)):
         return None
     return d
