@@ -7,6 +7,7 @@ does anything per request for them, and an idle worker sends nothing.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Sequence
 from time import monotonic, perf_counter
 
@@ -26,7 +27,7 @@ class WorkerStats:
         device_memory: reads the bytes the device holds for this process (CUDA), or None on the CPU.
     """
 
-    __slots__ = ("batch", "queued", "compute", "device_memory", "drift", "dirty", "_drift_due", "_drift_new")
+    __slots__ = ("batch", "queued", "compute", "device_memory", "drift", "dirty", "_drift_due", "drift_new")
 
     def __init__(self, device_memory: Callable[[], int] | None = None, drift: DriftMonitor | None = None) -> None:
         self.batch = stats.new_row(BATCH_BUCKETS)
@@ -38,13 +39,14 @@ class WorkerStats:
         #: Something was counted since the last report.
         self.dirty = False
         self._drift_due = 0.0
-        self._drift_new = False  # the monitor saw rows its last summary did not
+        #: The monitor saw rows its last summary did not.
+        self.drift_new = False
 
     def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
         """A forward's inputs and outputs, for the drift monitor (which samples what it counts)."""
         if self.drift is not None:
             self.drift.observe(inputs, outputs)
-            self._drift_new = True
+            self.drift_new = True
 
     def forward(self, rows: int, seconds: float) -> None:
         """One forward of ``rows`` rows that took ``seconds``."""
@@ -66,29 +68,41 @@ class WorkerStats:
         """The drift frame's payload when the monitor saw new rows and one is due (at most every
         ``DRIFT_INTERVAL_S``: a summary takes a few hundred microseconds for a few features), else None.
         New rows whose summary is not due yet keep ``dirty`` set, so that a worker gone idle still sends it."""
-        if self.drift is None or not self._drift_new:
+        if self.drift is None or not self.drift_new:
             return None
         now = monotonic()
         if now < self._drift_due:
             self.dirty = True
             return None
         self._drift_due = now + stats.DRIFT_INTERVAL_S
-        self._drift_new = False
+        self.drift_new = False
         return msgpack.packb(self.drift.summary())
 
 
 def timed(forward: Callable[[Sequence[np.ndarray]], list[np.ndarray]], stats: WorkerStats
           ) -> Callable[[Sequence[np.ndarray]], list[np.ndarray]]:
-    """``forward``, counting each call's rows (the first input's first dimension) and duration in ``stats``.
-    A forward that raises is not counted."""
-    counted = stats.forward
-    observe = stats.observe
+    """``forward``, counting each call's rows (the first input's first dimension) and duration in ``stats``,
+    and handing its inputs and outputs to the drift monitor. A forward that raises is not counted.
+
+    It runs once per forward, the express path's included: the counting is written out here, with local
+    names, rather than as calls (about 0.5 us instead of 2)."""
+    batch, compute = stats.batch, stats.compute
+    drift = stats.drift
+    observe = drift.observe if drift is not None else None
 
     def run(inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         t0 = perf_counter()
         out = forward(inputs)
-        counted(len(inputs[0]) if len(inputs) else 0, perf_counter() - t0)
-        observe(inputs, out)
+        seconds = perf_counter() - t0
+        rows = len(inputs[0]) if len(inputs) else 0
+        batch[bisect_left(BATCH_BUCKETS, rows)] += 1
+        batch[-1] += rows
+        compute[bisect_left(SECONDS_BUCKETS, seconds)] += 1
+        compute[-1] += seconds
+        stats.dirty = True
+        if observe is not None:
+            observe(inputs, out)
+            stats.drift_new = True
         return out
 
     return run

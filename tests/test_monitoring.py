@@ -346,6 +346,21 @@ ALERT_TESTS = [
                                    "(router:request_duration_p99_objective_seconds) for 10 minutes."}}]},
         ],
     },
+    {   # v2 drifts from minute 10 on; v1 never does. Fires after 30 minutes of drift, not before.
+        "interval": "1m",
+        "input_series": [series("router_drift_version_drifting", "0x60", model="fraud", version="1"),
+                         series("router_drift_version_drifting", "0x9 1x50", model="fraud", version="2")],
+        "alert_rule_test": [
+            {"eval_time": "35m", "alertname": "DataDrift", "exp_alerts": []},
+            {"eval_time": "45m", "alertname": "DataDrift", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "model": "fraud", "version": "2"},
+                "exp_annotations": {
+                    "summary": "fraud v2: its inputs or outputs drift from its reference",
+                    "description": "A monitored feature of the version has been over a [models.drift] threshold "
+                                   "for 30 minutes. GET /admin/models/fraud/drift names the features and their "
+                                   "PSI, JS and KS; router_drift_statistic has them over time."}}]},
+        ],
+    },
 ]
 
 
@@ -414,7 +429,7 @@ def test_prometheus_scrapes_the_daemon(prometheus, daemon):
 
 REQUIRED_ALERTS = {"RouterDown", "RouterNotReady", "WorkerDown", "WorkerCrashLooping", "WorkerHung",
                    "ModelLoadFailures", "HighP99Latency", "HighErrorRate", "ShadowDisagreement", "DeployFailed",
-                   "ReloadFailed"}
+                   "ReloadFailed", "DataDrift"}
 
 
 def test_rules_run_on_the_daemon_series(prometheus, exported):

@@ -176,7 +176,6 @@ def test_a_200_mb_push_streams_through_without_growing_the_router(daemon):
 
     sampler = threading.Thread(target=sample)
     sampler.start()
-    t0 = time.monotonic()
     conn = http.client.HTTPConnection("127.0.0.1", d.http_port, timeout=60)
     try:
         conn.putrequest("POST", "/admin/models/huge/versions/1")
@@ -193,7 +192,6 @@ def test_a_200_mb_push_streams_through_without_growing_the_router(daemon):
         sampler.join()
     assert status == 400, reply
     assert (peak[0] - before) < 20 * 1024, f"router RSS grew by {(peak[0] - before) / 1024:.1f} MiB"
-    assert time.monotonic() - t0 < 60
     assert staging_empty(d) and not (d.store / "huge").exists()  # type: ignore[attr-defined]
 
 
