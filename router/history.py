@@ -23,7 +23,7 @@ from typing import Any
 from .metrics import LATENCY_BUCKETS, Metrics, proc_usage
 
 #: The series of each version, in the order of a point's values.
-SERIES = ("rate", "error_rate", "p50", "p99", "share", "agreement", "cpu", "memory")
+SERIES = ("rate", "error_rate", "p50", "p99", "share", "agreement", "cpu", "memory", "drift_psi", "drifting")
 #: What each series means (docs/monitoring.md says more).
 SERIES_DOC = {
     "rate": "requests answered per second (a shadow version: mirrored copies)",
@@ -34,6 +34,8 @@ SERIES_DOC = {
     "agreement": "fraction of compared rows whose arg-max a shadow version agreed on",
     "cpu": "CPU cores the version's workers used (user + system)",
     "memory": "resident bytes of the version's workers",
+    "drift_psi": "the largest PSI of the version's input features against its reference",
+    "drifting": "1 while a feature of the version drifts, else 0",
 }
 NAN = float("nan")
 
@@ -100,14 +102,16 @@ class History:
         workers: yields ``(replica, pool color)`` of every worker (as :attr:`Metrics.workers`).
         active: model -> the version names of its active pool, and which of them are shadows.
         interval_s, keep_s: the resolution, and how far back the rings reach.
+        drift: ``(model, version)`` -> the version's merged drift summary (:mod:`router.drift`), or None.
     """
 
     def __init__(self, metrics: Metrics, workers: Callable[[], Iterable[tuple[Any, str]]],
                  active: Callable[[], dict[str, tuple[list[str], set[str]]]], interval_s: float,
-                 keep_s: float) -> None:
+                 keep_s: float, drift: Callable[[str, str], dict[str, Any] | None] | None = None) -> None:
         self.metrics = metrics
         self.workers = workers
         self.active = active
+        self.drift = drift
         self.interval_s = interval_s
         self.size = max(1, int(keep_s // interval_s))
         self.rings: dict[tuple[str, str], Ring] = {}
@@ -175,6 +179,11 @@ class History:
             for version in versions:
                 key = (model, version)
                 point = self._point(reading, last, key, dt, model_total, version in shadows)
+                summary = self.drift(model, version) if self.drift is not None else None
+                if summary is not None:
+                    psis = [f["psi"] for f in summary["inputs"]["features"].values() if f["psi"] is not None]
+                    point["drift_psi"] = max(psis) if psis else NAN
+                    point["drifting"] = 1.0 if summary["drifting"] else 0.0
                 ring = self.rings.get(key)
                 if ring is None:
                     ring = self.rings[key] = Ring(self.size, SERIES)

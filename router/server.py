@@ -12,9 +12,11 @@ import gc
 import logging
 import signal
 import time
+from typing import Any
 
 from aiohttp import web
 
+from . import drift
 from .admin import make_admin_app
 from .app import FallbackHandler, make_app
 from .config import Address, Config
@@ -67,7 +69,7 @@ class Server:
         self.metrics.drift_versions = lambda: ((m, v, s.replicas) for m, p in self.routing.active.items()
                                                for v, s in p.versions.items())
         self.history = History(self.metrics, self.metrics.workers, self._active_versions, s.history_interval_s,
-                               s.history_s)
+                               s.history_s, self._drift_of)
         self.control.history_source = self.history
         self._stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -197,6 +199,12 @@ class Server:
             await self.stop()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
+
+    def _drift_of(self, model: str, version: str) -> dict[str, Any] | None:
+        pool = self.routing.active.get(model)
+        if pool is None or version not in pool.versions:
+            return None
+        return drift.of_replicas(pool.versions[version].replicas)
 
     def _active_versions(self) -> dict[str, tuple[list[str], set[str]]]:
         """Model -> the versions of its active pool, and which of them are shadows (for the history)."""

@@ -7,12 +7,15 @@ from __future__ import annotations
 import asyncio
 import math
 
+import msgpack
 import numpy as np
 import pytest
 from fakes import Replicas, fake_store
 from test_lifecycle import Front, settle
 
 from router.config import load_config
+from router.proto import link
+from router.proto.link import STATUS_DRIFT
 from router.history import SERIES, Ring, quantile
 from router.metrics import LATENCY_BUCKETS
 from router.proto.errors import ConfigError, NotFound
@@ -75,6 +78,7 @@ def test_points_are_the_differences_over_each_interval(tmp_path):
         assert 0 < v1["p50"][0] <= v1["p99"][0] <= LATENCY_BUCKETS[-1]
         assert v1["agreement"] == [None]  # no shadow
         assert v1["cpu"] == [None] and v1["memory"] == [None]  # fakes have no process
+        assert v1["drift_psi"] == [None] and v1["drifting"] == [None]  # no drift report yet
         # An interval with no request: rate 0, no latency, no share.
         h.sample(1020.0)
         q = s.control.history("fraud", ["rate", "p99", "share"], since=1015.0)
@@ -141,3 +145,25 @@ def test_quantile_interpolates_inside_buckets_as_histogram_quantile_does(seed):
             want = bounds[i] + (bounds[i + 1] - bounds[i]) * (rank - below) / counts[i]
         assert quantile(q, counts) == pytest.approx(want, rel=1e-12)
     assert math.isnan(quantile(0.5, [0] * (len(LATENCY_BUCKETS) + 1)))
+
+
+def test_drift_reports_become_points(tmp_path):
+    async def main() -> None:
+        s = await started(tmp_path)
+        h = s.history
+        h.sample(1000.0)
+        feature = {"psi": 0.4, "js": 0.2, "ks": 0.3, "nonfinite": 0, "warning": True, "drifting": True}
+        calm = {**feature, "psi": 0.05, "warning": False, "drifting": False}
+        group = {"reference": 500, "collecting": 0, "window": 300, "skipped": 0,
+                 "features": {"x[0]": feature, "x[1]": calm}}
+        summary = {"drifting": True, "warning": True, "stride": 1, "skipped": 0, "inputs": group,
+                   "outputs": {**group, "features": {}}}
+        (replica,) = [r for r in s.routing.active["fraud"].versions["1"].replicas]
+        replica.link.data_received(link.pack(0, STATUS_DRIFT, 0, msgpack.packb(summary)))
+        h.sample(1010.0)
+        q = s.control.history("fraud", ["drift_psi", "drifting"])
+        assert q.versions["1"]["drift_psi"] == [0.4] and q.versions["1"]["drifting"] == [1.0]
+        assert q.versions["2"]["drift_psi"] == [None]
+        await s.deployments.stop()
+
+    asyncio.run(main())
