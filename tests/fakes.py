@@ -230,3 +230,23 @@ class Replicas:
     def of(self, version: str) -> list[FakeReplica]:
         """The replicas made for ``version``, oldest first."""
         return [r for r in self.made if r.vc.version == version]
+
+
+#: The head of an in-process daemon's config.toml: no listeners, its store ``store/`` beside the file.
+IN_PROCESS = '[server]\nhttp = ""\nmsgpack = ""\n\n[store]\npath = "store"\n'
+
+
+async def start_server(tmp_path: Path, config: str, versions: dict[str, list[str]],
+                       replicas: Replicas | None = None) -> tuple[Any, Replicas]:
+    """A started :class:`router.server.Server` over fake workers: ``config`` written to
+    ``tmp_path/config.toml``, a fake store of ``versions`` (model -> version names) beside it."""
+    from router.config import load_config
+    from router.server import Server
+
+    fake_store(tmp_path / "store", versions)
+    (tmp_path / "config.toml").write_text(config)
+    replicas = replicas or Replicas()
+    s = Server(load_config(tmp_path / "config.toml"), replica_factory=replicas)
+    await s.deployments.start()
+    s.state.started = True
+    return s, replicas

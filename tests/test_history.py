@@ -10,27 +10,17 @@ import math
 import msgpack
 import numpy as np
 import pytest
-from fakes import Replicas, fake_store
+from fakes import IN_PROCESS, start_server
 from test_lifecycle import Front, settle
 
-from router.config import load_config
-from router.proto import link
-from router.proto.link import STATUS_DRIFT
 from router.history import SERIES, Ring, quantile
 from router.metrics import LATENCY_BUCKETS
+from router.proto import link
 from router.proto.errors import ConfigError, NotFound
+from router.proto.link import STATUS_DRIFT
 from router.server import Server
 
-CONFIG = """\
-[server]
-http = ""
-msgpack = ""
-history_interval_s = 10
-history_s = 60
-
-[store]
-path = "store"
-
+CONFIG = IN_PROCESS.replace("[server]\n", "[server]\nhistory_interval_s = 10\nhistory_s = 60\n") + """
 [[models]]
 name = "fraud"
 routing_key = "x-user-id"
@@ -44,12 +34,7 @@ routing_key = "x-user-id"
 
 
 async def started(tmp_path) -> Server:
-    fake_store(tmp_path / "store", {"fraud": ["1", "2"]})
-    (tmp_path / "config.toml").write_text(CONFIG)
-    s = Server(load_config(tmp_path / "config.toml"), replica_factory=Replicas())
-    await s.deployments.start()
-    s.state.started = True
-    return s
+    return (await start_server(tmp_path, CONFIG, {"fraud": ["1", "2"]}))[0]
 
 
 async def send(s: Server, n: int, prefix: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import FakeReplica, Replicas, fake_store
+from fakes import IN_PROCESS, FakeReplica, Replicas, fake_store, start_server
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_lifecycle import Front, settle
@@ -21,15 +21,7 @@ from router.config import load_config
 from router.proto.errors import ConfigError, DeployFailed, NotFound, VersionInUse
 from router.server import Server
 
-CONFIG = """\
-# ops notes: keep this comment
-[server]
-http = ""
-msgpack = ""
-
-[store]
-path = "store"
-
+CONFIG = "# ops notes: keep this comment\n" + IN_PROCESS + """
 [[models]]
 name = "fraud"   # the fraud endpoint
 keep_previous_s = 300
@@ -47,14 +39,9 @@ keep_previous_s = 300
 
 
 async def started(tmp_path: Path, replicas: Replicas | None = None) -> tuple[Server, Replicas]:
-    fake_store(tmp_path / "store", {"fraud": ["1", "2", "3", "4"], "churn": ["1", "2"]})
-    path = tmp_path / "config.toml"
-    path.write_text(CONFIG)
-    replicas = replicas or Replicas()
-    s = Server(load_config(path), replica_factory=replicas)
-    await s.deployments.start()
+    s, replicas = await start_server(tmp_path, CONFIG, {"fraud": ["1", "2", "3", "4"], "churn": ["1", "2"]},
+                                     replicas)
     await s.control.scan_store()
-    s.state.started = True
     return s, replicas
 
 

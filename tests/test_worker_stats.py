@@ -10,12 +10,11 @@ import os
 import msgpack
 import numpy as np
 import pytest
-from fakes import Replicas, fake_store
+from fakes import IN_PROCESS, start_server
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from router import drift
-from router.config import load_config
 from router.metrics import proc_usage
 from router.proto import link, stats
 from router.proto.link import STATUS_DRIFT, STATUS_STATS
@@ -23,14 +22,7 @@ from router.proto.stats import BATCH_BUCKETS, SECONDS_BUCKETS
 from router.server import Server
 from runtime.stats import WorkerStats, timed
 
-CONFIG = """\
-[server]
-http = ""
-msgpack = ""
-
-[store]
-path = "store"
-
+CONFIG = IN_PROCESS + """
 [[models]]
 name = "fraud"
   [[models.versions]]
@@ -98,11 +90,7 @@ def test_proc_usage_reads_cpu_seconds_and_resident_bytes() -> None:
 
 def test_the_scrape_turns_each_workers_last_report_into_series(tmp_path) -> None:
     async def main() -> None:
-        fake_store(tmp_path / "store", {"fraud": ["1"]})
-        (tmp_path / "config.toml").write_text(CONFIG)
-        reps = Replicas()
-        s = Server(load_config(tmp_path / "config.toml"), replica_factory=reps)
-        await s.deployments.start()
+        s, reps = await start_server(tmp_path, CONFIG, {"fraud": ["1"]})
         first, second = reps.of("1")
         before = samples(s)
         assert before[("router_worker_queue_depth", labels(0))] == 0
@@ -157,11 +145,7 @@ def test_drift_of_a_version_merges_its_replicas_weighted_by_window() -> None:
 
 def test_the_scrape_and_the_drift_api_read_each_workers_last_drift_frame(tmp_path) -> None:
     async def main() -> None:
-        fake_store(tmp_path / "store", {"fraud": ["1"]})
-        (tmp_path / "config.toml").write_text(CONFIG)
-        reps = Replicas()
-        s = Server(load_config(tmp_path / "config.toml"), replica_factory=reps)
-        await s.deployments.start()
+        s, reps = await start_server(tmp_path, CONFIG, {"fraud": ["1"]})
         assert s.control.drift("fraud").versions == {"1": None}  # nothing reported yet
         first, second = reps.of("1")
         first.link.data_received(link.pack(0, STATUS_DRIFT, 0, msgpack.packb(
