@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -43,6 +44,7 @@ class Models:
     sample: bytes
 
 
+@functools.cache  # one build a session: its first torch.export takes seconds
 def build_models() -> Models:
     torch.manual_seed(0)
 

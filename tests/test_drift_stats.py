@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgpack
 import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
-from scipy.stats import ks_2samp
 
 from router.proto.errors import ConfigError
 from router.proto.meta import SAMPLE_FILE, TensorSpec, parse_meta
@@ -31,6 +31,14 @@ from runtime.drift import (
 )
 
 Draw = Callable[[np.random.Generator, int], np.ndarray]
+
+
+def ks_2samp() -> Callable[..., Any]:
+    """scipy's two-sample KS test, imported when a test asks: scipy.stats takes 1.5 s to import, more than
+    the tests that use it."""
+    from scipy.stats import ks_2samp as exact
+
+    return exact
 
 #: Reference distributions: continuous, skewed, count-like integers, a few categories.
 SHAPES: dict[str, Draw] = {
@@ -142,7 +150,7 @@ def test_binned_ks_is_within_the_bin_mass_of_the_exact_ks(shape: str, shift: flo
     ref = Reference(ref_values)
     live_fine = ref.histogram(live)
     binned = ks_binned(ref.counts, live_fine)
-    exact = float(ks_2samp(ref_values, live).statistic)
+    exact = float(ks_2samp()(ref_values, live).statistic)
     bound = float(np.maximum(ref.counts / ref.counts.sum(), live_fine / live_fine.sum()).max())
     assert bound < 0.02 or shift  # fine bins: about 1 % of the reference each
     assert binned <= exact + 1e-12
@@ -155,7 +163,7 @@ def test_binned_ks_is_exact_for_categorical_features(shape: str) -> None:
     ref_values, live = SHAPES[shape](rng, 1000), SHIFTED[shape](rng, 800)
     ref = Reference(ref_values)
     assert ref.categorical
-    assert ks_binned(ref.counts, ref.histogram(live)) == pytest.approx(ks_2samp(ref_values, live).statistic,
+    assert ks_binned(ref.counts, ref.histogram(live)) == pytest.approx(ks_2samp()(ref_values, live).statistic,
                                                                           abs=1e-12)
 
 
