@@ -44,7 +44,7 @@ class Models:
     sample: bytes
 
 
-@functools.cache  # one build a session: its first torch.export takes seconds
+@functools.cache  # one build per test run: its first torch.export takes seconds
 def build_models() -> Models:
     torch.manual_seed(0)
 
