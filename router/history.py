@@ -22,21 +22,8 @@ from typing import Any
 
 from .metrics import LATENCY_BUCKETS, Metrics, proc_usage
 
-#: The series of each version, in the order of a point's values.
+#: The series of each version (their meanings: docs/monitoring.md, "History in the daemon").
 SERIES = ("rate", "error_rate", "p50", "p99", "share", "agreement", "cpu", "memory", "drift_psi", "drifting")
-#: What each series means (docs/monitoring.md says more).
-SERIES_DOC = {
-    "rate": "requests answered per second (a shadow version: mirrored copies)",
-    "error_rate": "fraction of them answered 5xx",
-    "p50": "their median latency, seconds",
-    "p99": "their 99th percentile latency, seconds",
-    "share": "fraction of the model's live requests this version answered",
-    "agreement": "fraction of compared rows whose arg-max a shadow version agreed on",
-    "cpu": "CPU cores the version's workers used (user + system)",
-    "memory": "resident bytes of the version's workers",
-    "drift_psi": "the largest PSI of the version's input features against its reference",
-    "drifting": "1 while a feature of the version drifts, else 0",
-}
 NAN = float("nan")
 
 

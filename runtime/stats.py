@@ -42,14 +42,8 @@ class WorkerStats:
         #: The monitor saw rows its last summary did not.
         self.drift_new = False
 
-    def observe(self, inputs: Sequence[np.ndarray], outputs: Sequence[np.ndarray]) -> None:
-        """A forward's inputs and outputs, for the drift monitor (which samples what it counts)."""
-        if self.drift is not None:
-            self.drift.observe(inputs, outputs)
-            self.drift_new = True
-
     def forward(self, rows: int, seconds: float) -> None:
-        """One forward of ``rows`` rows that took ``seconds``."""
+        """One forward of ``rows`` rows that took ``seconds`` (:func:`timed` counts the same, written out)."""
         stats.observe(self.batch, BATCH_BUCKETS, rows)
         stats.observe(self.compute, SECONDS_BUCKETS, seconds)
         self.dirty = True
