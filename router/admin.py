@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .app import body_chunks, read_body
+from .audit import actor
 from .config import Address, Config
 from .limits import Timeouts
 from .proto.errors import ConfigError, ReloadRefused, RouterError, shown
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("router.admin")
 
 TOKEN_ENV = "ROUTER_ADMIN_TOKEN"
+#: Who the caller says it is, for the audit trail (the CLI sends the login name, the UI the name signed in
+#: with). Informational: the token is what authorises.
+USER_HEADER = "X-Router-User"
 
 
 def resolve_token(config: Config, environ: Mapping[str, str] = os.environ) -> str | None:
@@ -135,6 +139,13 @@ def browser_refusal(request: web.Request, token: str | None) -> web.Response | N
     return None
 
 
+def caller(request: web.Request) -> str:
+    """``name@address`` of an admin request (the name from :data:`USER_HEADER`, cleaned and cut), or the address."""
+    name = "".join(c for c in request.headers.get(USER_HEADER, "") if c.isprintable() and c not in "@\\")[:64]
+    remote = request.remote or "unknown"
+    return f"{name.strip()}@{remote}" if name.strip() else remote
+
+
 def auth_middleware(token: str | None) -> Any:
     """aiohttp middleware of the admin sub-application (so inference never pays for it)."""
     expected = f"Bearer {token}".encode() if token else b""
@@ -154,6 +165,7 @@ def auth_middleware(token: str | None) -> Any:
         refused = browser_refusal(request, token)
         if refused is not None:
             return refused
+        actor.set(caller(request))  # this request's task: the audit trail reads it
         return await handler(request)
 
     return guard
@@ -268,6 +280,20 @@ class AdminHandlers:
         series = [s for s in q.get("series", "").split(",") if s] or None
         return web.json_response(self.control.history(request.match_info["model"], series, since).to_json())
 
+    async def audit(self, request: web.Request) -> web.Response:
+        """``?model=`` (default all), ``?limit=`` (default 100, at most 1000)."""
+        q = request.query
+        try:
+            limit = int(q.get("limit", "100"))
+            if not 1 <= limit <= 1000:
+                raise ValueError
+        except ValueError:
+            raise ConfigError(f"limit: expected an integer from 1 to 1000, got {shown(q['limit'])}") from None
+        return web.json_response(self.control.audit_trail(q.get("model") or None, limit).to_json())
+
+    async def predlog(self, request: web.Request) -> web.Response:
+        return web.json_response((await self.control.predlog(request.match_info["model"])).to_json())
+
     async def versions(self, request: web.Request) -> web.Response:
         return web.json_response((await self.control.versions(request.match_info["model"])).to_json())
 
@@ -312,6 +338,8 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app.router.add_get("/models/{model}/versions", h.versions)
     app.router.add_get("/models/{model}/history", h.history)
     app.router.add_get("/models/{model}/drift", h.drift)
+    app.router.add_get("/models/{model}/predlog", h.predlog)
+    app.router.add_get("/audit", h.audit)
     app.router.add_post("/models/{model}/versions/{version}", h.push, name=_PUSH_ROUTE)
     app.router.add_delete("/models/{model}/versions/{version}", h.remove)
     app.router.add_post("/models/{model}/versions/{version}/rollout", h.rollout)

@@ -13,10 +13,11 @@ import os
 import sys
 from typing import Any
 
-from .admin import TOKEN_ENV, check_bind, resolve_token
+from .admin import TOKEN_ENV, USER_HEADER, check_bind, resolve_token
 from .config import load_config, parse_address
 from .proto.errors import ConfigError, RouterError
 from .results import (
+    AuditResult,
     PushedVersion,
     ReloadResult,
     RemovedVersion,
@@ -29,7 +30,8 @@ from .results import (
 
 log = logging.getLogger("router")
 
-Result = TrafficResult | ReloadResult | SwapResult | StatusResult | RolloutResult | VersionsResult | RemovedVersion
+Result = (TrafficResult | ReloadResult | SwapResult | StatusResult | RolloutResult | VersionsResult | RemovedVersion
+          | AuditResult)
 
 
 def _setup_logging() -> None:
@@ -113,13 +115,23 @@ def _admin_url(args: argparse.Namespace) -> str:
     return f"http://{host}:{address.port}"
 
 
+def _user() -> str:
+    """Who runs the CLI, for the audit trail (the login name; the token, not this, is what authorises)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container's)
+        return f"uid {os.getuid()}"
+
+
 def _admin_call(args: argparse.Namespace, method: str, path: str, body: object = None) -> Any:
     """One admin API call; returns the decoded JSON or raises RouterError with the server's message."""
     import json
     import urllib.error
     import urllib.request
 
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", USER_HEADER: _user()}
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
         headers["Authorization"] = f"Bearer {token}"
@@ -166,6 +178,7 @@ def _push_file(args: argparse.Namespace, path: str, size: int) -> Any:
         conn.putrequest("POST", target)
         conn.putheader("Content-Type", "application/octet-stream")
         conn.putheader("Content-Length", str(size))
+        conn.putheader(USER_HEADER, _user())
         token = os.environ.get(TOKEN_ENV, "").strip()
         if token:
             conn.putheader("Authorization", f"Bearer {token}")
@@ -317,6 +330,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _render(StatusResult, args, "GET", "/admin/models")
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from urllib.parse import urlencode
+
+    query = {"limit": args.limit, **({"model": args.model} if args.model else {})}
+    return _render(AuditResult, args, "GET", f"/admin/audit?{urlencode(query)}")
+
+
 def _render(result: type[Result], args: argparse.Namespace, method: str, path: str, body: object = None) -> int:
     """One admin API call, its result printed as text (the control plane's result, rebuilt from its JSON)."""
     try:
@@ -388,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                 "model").set_defaults(func=cmd_versions)
     _admin_args(sub.add_parser("rm", help="delete a stored version (refused while a pool holds it)"),
                 "model", "version").set_defaults(func=cmd_rm)
+    a = _admin_args(sub.add_parser("audit", help="the changes made through the admin API, newest first: who, "
+                                   "what, when, and how each ended"))
+    a.add_argument("--model", help="only this model's")
+    a.add_argument("--limit", type=int, default=50, help="at most this many (default: %(default)s)")
+    a.set_defaults(func=cmd_audit)
     for name, func, help_ in (("traffic", cmd_traffic, "show or set a model's traffic weights"),
                               ("shadow", cmd_traffic, "show or set the fraction of live traffic mirrored to "
                                "shadow versions"),

@@ -295,6 +295,8 @@ class ModelConfig:
                                                     doc="inputs holding NaN or Infinity: 400, or passed to the model")
     # Applied by the workers (runtime/drift); a change restarts them (a deploy).
     drift: DriftConfig = setting(DriftConfig(), doc="[models.drift]: data drift monitoring")
+    log_rate: float = setting(0.0, lo=0, hi=1, live=True,
+                              doc="fraction of requests recorded in the prediction log ([predlog]); 0: none")
 
     def to_table(self) -> dict[str, Any]:
         """The ``[[models]]`` keys that reproduce this model (versions as tables), defaults left out."""
@@ -326,12 +328,30 @@ class StoreConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PredlogConfig:
+    """``[predlog]``: where the prediction log is written, and how its files rotate and expire
+    (each model samples with its own ``log_rate``; docs/monitoring.md)."""
+
+    TABLE: ClassVar[str] = "[predlog]"
+
+    path: Path = setting(Path("predictions"), doc="the log: <path>/<model>/<version>/date=<day>/<file>.parquet")
+    file_bytes: int = setting(64 << 20, lo=4096, doc="a file is closed, and a new one begun, past this size")
+    file_s: float = setting(300.0, lo=1, hi=86400, doc="... or at this age: how soon records become readable")
+    retain_s: float = setting(7 * 86400.0, lo=60, doc="files older than this are deleted")
+    retain_bytes: int = setting(10 << 30, lo=1 << 20, doc="per model: past this, its oldest files are deleted")
+    queue_bytes: int = setting(16 << 20, lo=65536, hi=1 << 30,
+                               doc="records waiting for the log's writer; records past it are dropped and counted")
+
+
+@dataclass(frozen=True, slots=True)
 class AdminConfig:
     """``[admin]``: the admin API."""
 
     TABLE: ClassVar[str] = "[admin]"
 
     token_file: Path | None = setting(None, doc="file holding the admin API's bearer token")
+    audit_file: Path | None = setting(None, doc="where the audit trail of changes is appended (JSON lines); "
+                                                "absent: audit.jsonl beside config.toml")
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +363,7 @@ class Config:
     models: tuple[ModelConfig, ...] = setting(check=_unique("name", "model"), doc="[[models]]")
     source: Path | None = field(default=None, compare=False)  # the file it was read from; not a key
     admin: AdminConfig = setting(AdminConfig(), doc="[admin]")
+    predlog: PredlogConfig = setting(PredlogConfig(), doc="[predlog]")
 
     @property
     def store_path(self) -> Path:
@@ -407,8 +428,9 @@ def _read_key(cls: type, f: dataclasses.Field[Any], s: Setting, value: Any, wher
     if value is MISSING:
         if s.default_from is not None:
             return s.default_from(ctx.table)
-        if f.default is not MISSING:
+        if f.default is not MISSING and not hasattr(f.default, "TABLE"):
             return _resolve(f.default, ctx.base) if isinstance(f.default, Path) else f.default
+        # A table left out is read as an empty one: its relative paths are resolved like any other.
         value = None  # no default: an optional key stays None, a required one fails in its reader
     value = s.parse(value, where, ctx) if s.parse else _read(_hints(cls)[f.name], value, where, s, ctx.base)
     return s.check(value, where, ctx) if s.check else value

@@ -26,11 +26,13 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from . import configfile, drift, reload
+from .audit import AuditTrail, audited
 from .config import Config, ModelConfig, VersionConfig, parse_model, parse_value
 from .configfile import plain_number
 from .deployments import Deployments
 from .history import SERIES, History
 from .metrics import Metrics
+from .predlog import PredictionLog
 from .proto.errors import (
     BadArchive,
     ConfigError,
@@ -44,8 +46,10 @@ from .proto.errors import (
     shown,
 )
 from .results import (
+    AuditResult,
     DriftResult,
     HistoryResult,
+    PredlogResult,
     PushedVersion,
     ReloadResult,
     RemovedVersion,
@@ -92,6 +96,10 @@ class ControlPlane:
         self.lock = asyncio.Lock()
         #: The in-memory history (set by the server once it runs).
         self.history_source: History | None = None
+        #: The prediction log (set by the server).
+        self.predlog_source: PredictionLog | None = None
+        #: Every change asked for, and how it ended (the server gives it its file).
+        self.audit = AuditTrail(None)
 
     @property
     def config(self) -> Config:
@@ -163,6 +171,21 @@ class ControlPlane:
         return DriftResult(model, conf.enabled, thresholds,
                            {v: drift.of_replicas(s.replicas) for v, s in pool.versions.items()})
 
+    async def predlog(self, model: str) -> PredlogResult:
+        """The model's prediction log: rate, folder, files, and what was written and dropped.
+
+        Raises:
+            NotFound: unknown model.
+        """
+        pool = self._pool(model)
+        if self.predlog_source is None:
+            raise NotFound("this router keeps no prediction log")
+        return PredlogResult(**await self.predlog_source.describe(model, pool.log_rate))
+
+    def audit_trail(self, model: str | None = None, limit: int = 100) -> AuditResult:
+        """The newest ``limit`` changes (``model``'s only, when given), newest first (:mod:`router.audit`)."""
+        return AuditResult(self.audit.entries(model, limit))
+
     def history(self, model: str, series: list[str] | None = None, since: float | None = None) -> HistoryResult:
         """The model's recent points (:mod:`router.history`): ``series`` (default all) after ``since``
         (unix seconds; negative: that many seconds before now; default: all kept).
@@ -188,6 +211,7 @@ class ControlPlane:
 
     # -- changes -------------------------------------------------------------------------------------------
 
+    @audited("traffic", "weights", "shadow")
     async def set_traffic(self, model: str, weights: Mapping[str, Any] | None = None,
                           shadow: Mapping[str, Any] | None = None) -> TrafficResult:
         """Set the weights and/or shadow fractions of some versions; the others keep theirs. No worker restarts.
@@ -236,6 +260,7 @@ class ControlPlane:
         # Every other model key as it is (from the fields: a key added later is never dropped here).
         return parse_model({**mc.to_table(), "versions": list(versions.values())}, "traffic")
 
+    @audited("reload")
     async def reload(self) -> ReloadResult:
         """Re-read the config file and apply what changed: traffic live, workers blue-green.
 
@@ -296,6 +321,7 @@ class ControlPlane:
             return ReloadResult(str(source), list(plan.live), {m: list(plan.deploy.get(m, ("a new model",)))
                                                                for m in (*plan.deploy, *plan.add)})
 
+    @audited("deploy", "versions")
     async def deploy(self, model: str, versions: list[Any]) -> SwapResult:
         """Deploy a new version set of ``model`` blue-green and write it into the config file.
 
@@ -333,6 +359,7 @@ class ControlPlane:
             await self._in_thread(configfile.replace_text, source, before)
             raise
 
+    @audited("rollback")
     async def rollback(self, model: str) -> SwapResult:
         """Make the model's previous pool active again, and write its version set back into the file.
 
@@ -358,6 +385,7 @@ class ControlPlane:
 
     # -- stored versions into traffic and out ---------------------------------------------------------------
 
+    @audited("rollout", "weight", "percent", "shadow", "settings")
     async def rollout(self, model: str, version: str, *, weight: Any = None, percent: Any = None,
                       shadow: Any = None, settings: Mapping[str, Any] | None = None) -> RolloutResult:
         """Put a stored version into the model's active set, in one step.
@@ -429,6 +457,7 @@ class ControlPlane:
         return RolloutResult(action, model, version, self.routing.active[model].color,
                              None if swap is None else round(swap * 1e6, 1), t.weights, t.shadow)
 
+    @audited("drop")
     async def drop(self, model: str, version: str) -> SwapResult:
         """Take a version out of the model's active set: a blue-green deploy of the others (their
         weights unchanged), written into the file. The version stays in the store, and in the previous
@@ -498,6 +527,7 @@ class ControlPlane:
         self._gauge_store(model, stored)
         return VersionsResult(model, rows, sum(sv.bytes for sv in stored))
 
+    @audited("remove")
     async def remove(self, model: str, version: str) -> RemovedVersion:
         """Delete a stored version that no pool holds.
 
@@ -544,6 +574,7 @@ class ControlPlane:
             await self._in_thread(self._count_store, model)
 
 
+    @audited("push", "size", "description")
     async def push(self, model: str, version: str, chunks: AsyncIterator[bytes], *, size: int | None = None,
                    description: str | None = None) -> PushedVersion:
         """Receive a version into the model store, validate it in a fresh process, and store it.

@@ -14,8 +14,9 @@ A front parses a request and calls :meth:`Lifecycle.submit` with an
    front's ``reply``; a request refused in 1-4 is handed there at once;
 6. **written** — the front writes the reply, then calls :meth:`Lifecycle.written`:
    metrics (labels only from the configuration: an unknown model is not
-   recorded, an unknown version is recorded as ``""``), then the shadow
-   copies, which leave only once the caller has its reply.
+   recorded, an unknown version is recorded as ``""``), the prediction log's
+   sample (:mod:`router.predlog`), then the shadow copies, which leave only
+   once the caller has its reply.
 
 The router never decodes the body: it travels as bytes to the worker and back.
 One :class:`Exchange` per request is the only object the lifecycle allocates:
@@ -25,6 +26,7 @@ it is also the link's call, so nothing else is made per request.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from random import random
 from time import monotonic
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +35,7 @@ from .worker_link import Call
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .predlog import PredictionLog
     from .routing import Pool, Routing
     from .state import ServerState
 
@@ -90,12 +93,15 @@ class Lifecycle:
         routing: the active pools and the dispatch.
         metrics: where answered requests are recorded.
         state: the server's draining flag.
+        predlog: where sampled requests go (None: nowhere, whatever the models' ``log_rate``).
     """
 
-    def __init__(self, routing: Routing, metrics: Metrics, state: ServerState) -> None:
+    def __init__(self, routing: Routing, metrics: Metrics, state: ServerState,
+                 predlog: PredictionLog | None = None) -> None:
         self.routing = routing
         self.metrics = metrics
         self.state = state
+        self.predlog = predlog
         #: (model, protocol) -> requests received and not yet answered (read at scrape time).
         self.in_flight = metrics.in_flight
 
@@ -162,10 +168,17 @@ class Lifecycle:
         ex.front.reply(ex, status, 0, message.encode())
 
     def written(self, ex: Exchange, status: int, header_len: int, payload: bytes) -> None:
-        """The front has written the reply of ``ex``: record it, then mirror it to the shadows."""
+        """The front has written the reply of ``ex``: record it, sample it for the prediction log, then mirror
+        it to the shadows."""
         pool: Pool | None = ex.pool
         if pool is None:  # an unknown model: no label set for a name a client invented
             return
         self.metrics.observe(ex.model, ex.answered, ex.protocol, status, monotonic() - ex.t0)
+        sampled = None
+        rate = pool.log_rate
+        # Only requests that reached a worker (``counted``): one refused before has no version to log under.
+        if rate and (rate >= 1.0 or random() < rate) and ex.counted is not None and self.predlog is not None:
+            sampled = self.predlog.live(ex, status, header_len, payload)
         if status == 200 and pool.mirror is not None:
-            pool.mirror_copy(ex.answered, ex.key, ex.protocol, ex.fmt, ex.header_len, ex.body, header_len, payload)
+            pool.mirror_copy(ex.answered, ex.key, ex.protocol, ex.fmt, ex.header_len, ex.body, header_len, payload,
+                             sampled)

@@ -126,6 +126,9 @@ class Metrics:
         #: Yields ``(model, version, replicas)`` of every active pool's versions: their drift at scrape time.
         self.drift_versions: Callable[[], Iterable[tuple[str, str, Any]]] = tuple
         r.register(_Drift(self))
+        #: The prediction log (:class:`router.predlog.PredictionLog`): its numbers at scrape time.
+        self.predlog: Any = None
+        r.register(_Predlog(self))
 
     def register_model(self, model: str) -> None:
         """Create the model's in-flight gauges and the label set of requests naming what it does not have.
@@ -353,3 +356,33 @@ class _Drift(Collector):
                             stat.add_metric([model, version, io, feature, name], f[name])
                     flag.add_metric([model, version, io, feature], 1 if f["drifting"] else 0)
         yield from (stat, flag, version_flag, window, reference)
+
+
+class _Predlog(Collector):
+    """Per model, what its prediction log sampled, wrote and lost (:mod:`router.predlog`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        sampled = CounterMetricFamily("router_predlog_sampled", "Requests (and shadow answers) sampled for the "
+                                      "prediction log (the model's log_rate).", labels=["model"])
+        written = CounterMetricFamily("router_predlog_written", "Sampled records written to the prediction log's "
+                                      "files.", labels=["model"])
+        dropped = CounterMetricFamily("router_predlog_dropped", "Sampled records not written, by reason: the "
+                                      "writer was behind (queue_full: over [predlog] queue_bytes waiting), not "
+                                      "running (writer_down), or could not write them (write_failed: an "
+                                      "unwritable folder, a full disk).", labels=["model", "reason"])
+        size = GaugeMetricFamily("router_predlog_bytes", "Bytes of the model's closed prediction log files.",
+                                 labels=["model"])
+        files = GaugeMetricFamily("router_predlog_files", "The model's closed prediction log files.", labels=["model"])
+        plog = self._metrics.predlog
+        if plog is not None:
+            for model, c in sorted(plog.series()):
+                sampled.add_metric([model], c.sampled)
+                written.add_metric([model], c.written)
+                for reason, n in plog.dropped(model).items():
+                    dropped.add_metric([model, reason], n)
+                size.add_metric([model], c.bytes)
+                files.add_metric([model], c.files)
+        yield from (sampled, written, dropped, size, files)

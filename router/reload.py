@@ -71,7 +71,7 @@ def plan(running: Config, new: Config, digests: dict[tuple[str, str], str],
     """Compare ``new`` with the running configuration."""
     live: list[str] = []
     refused: list[str] = []
-    for section in ("server", "store", "admin"):
+    for section in ("server", "store", "admin", "predlog"):
         if getattr(running, section) != getattr(new, section):
             refused.append(f"[{section}] changed: needs a restart")
     old_models = {m.name: m for m in running.models}

@@ -8,6 +8,8 @@ UI say the same thing.
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -276,6 +278,59 @@ class HistoryResult:
 
 def _show(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditResult:
+    """The audit trail, newest first: each entry ``{"time" (unix seconds), "who", "action", "model", "version",
+    "detail", "result" (ok, refused or failed), "error"}`` (:mod:`router.audit`)."""
+
+    entries: list[dict[str, Any]]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entries": self.entries}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AuditResult:
+        return cls(d["entries"])
+
+    def text(self) -> str:
+        if not self.entries:
+            return "no changes recorded"
+        lines = []
+        for e in self.entries:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+            what = " ".join(x for x in (e["action"], e["model"], e["version"] and f"v{e['version']}") if x)
+            detail = " ".join(f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in (e["detail"] or {}).items())
+            line = f"{when}  {e['who']:<24} {what}{' ' + detail if detail else ''}: {e['result']}"
+            lines.append(line + (f" ({e['error']})" if e["error"] else ""))
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class PredlogResult:
+    """A model's prediction log: its sampling ``rate`` (``log_rate``), its folder, newest files first
+    (at most 100 of ``file_count``), and what was sampled, written and dropped (by reason)."""
+
+    model: str
+    rate: float
+    path: str
+    format: str
+    files: list[dict[str, Any]]
+    file_count: int
+    bytes: int
+    sampled: int
+    written: int
+    dropped: int
+    dropped_by_reason: dict[str, int]
+    writer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> PredlogResult:
+        return cls(**d)
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from .splitter import MirrorTable, WeightTable
 from .worker_link import Call
 
 if TYPE_CHECKING:
+    from .predlog import Sampled
     from .replica import Replica
     from .shadow import ShadowTarget
 
@@ -80,6 +81,8 @@ class Pool:
         self.color: Color = color
         self.replicas = [r for s in versions.values() for r in s.replicas]
         self.routing_key = mc.routing_key
+        #: The model's ``log_rate``: the share of requests sampled for the prediction log.
+        self.log_rate = mc.log_rate
         self.versions = versions
         self.shadows = shadows
         self.table = WeightTable((), ())
@@ -98,11 +101,13 @@ class Pool:
         self.mirror = None
 
     def mirror_copy(self, answered: str, key: str | bytes | None, protocol: str, fmt: int,
-                    header_len: int, body: bytes, reply_header_len: int, reply: bytes) -> None:
+                    header_len: int, body: bytes, reply_header_len: int, reply: bytes,
+                    sampled: Sampled | None = None) -> None:
         """Offer copies of one answered live request to the shadows its key picks.
 
         Call only after the live reply is written. A request answered by a
-        shadow version itself (called pinned) is not mirrored.
+        shadow version itself (called pinned) is not mirrored. A request
+        ``sampled`` for the prediction log asks the shadows for their outputs too.
         """
         mirror = self.mirror
         if mirror is None:
@@ -115,7 +120,7 @@ class Pool:
             now = monotonic()
             shadows = self.shadows
             for v in picked:
-                shadows[v].offer(protocol, fmt, header_len, body, reply_header_len, reply, now)
+                shadows[v].offer(protocol, fmt, header_len, body, reply_header_len, reply, now, sampled)
 
     def active_shadows(self) -> Iterator[ShadowTarget]:
         """The shadow targets of versions that are shadows now (or still have copies out)."""
@@ -139,6 +144,7 @@ class Pool:
             self.versions[vc.version].vc = vc
         self.config = mc
         self.routing_key = mc.routing_key
+        self.log_rate = mc.log_rate
         self.rebuild()
         self._build_mirror()
 

@@ -19,6 +19,7 @@ from aiohttp import web
 from . import drift
 from .admin import make_admin_app
 from .app import FallbackHandler, make_app
+from .audit import AuditTrail, actor
 from .config import Address, Config
 from .control import ControlPlane
 from .cork import Cork
@@ -30,6 +31,7 @@ from .limits import ConnectionMetrics, Listener, Timeouts, fit_caps, sweep
 from .metrics import Metrics
 from .oip import Answers
 from .poll import BusyPoll
+from .predlog import PredictionLog
 from .proto.errors import ConfigError, DeployFailed, ReloadRefused
 from .routing import Routing
 from .state import ServerState
@@ -60,8 +62,15 @@ class Server:
         self.routing = Routing(s.request_timeout_ms / 1000, s.max_inflight_per_worker, Cork(),
                                BusyPoll(s.busy_poll_us / 1e6), s.hang_timeout_s, s.hang_restart_s)
         self.deployments = Deployments(config, self.routing, self.metrics, replica_factory)
-        self.lifecycle = Lifecycle(self.routing, self.metrics, self.state)
+        self.predlog = PredictionLog(config.predlog, config.store_path, 2 * s.max_body_bytes + 4096)
+        self.metrics.predlog = self.predlog
+        for m in config.models:  # every model's series from the start, at 0: rate() then sees the first drop
+            self.predlog.counts[m.name]
+        self.lifecycle = Lifecycle(self.routing, self.metrics, self.state, self.predlog)
         self.control = ControlPlane(self.deployments, self.routing, self.metrics, self.state)
+        self.control.predlog_source = self.predlog
+        audit_file = config.admin.audit_file or (config.source.parent / "audit.jsonl" if config.source else None)
+        self.control.audit = AuditTrail(audit_file)
         self.answers = Answers(self.state, self.routing)
         # Only the active pools' shadow queues are reported: a standby or retired pool's never are.
         self.metrics.shadow_queues = lambda: (t for p in self.routing.active.values() for t in p.active_shadows())
@@ -90,6 +99,7 @@ class Server:
 
     def _reload_on_signal(self) -> None:
         async def run() -> None:
+            actor.set("signal")  # SIGHUP: the audit trail's "who"
             try:
                 await self.control.reload()
             except (ConfigError, ReloadRefused, DeployFailed):
@@ -109,10 +119,13 @@ class Server:
         t0 = time.monotonic()
         # Before any push can run: what a crash left in the store's staging area is never a version.
         await asyncio.to_thread(clean_staging, self.config.store_path)
+        await self.control.audit.load()
         await self.control.scan_store()
         log.info("starting %d worker(s) for %d model(s)", len(self.deployments.replicas), len(self.routing.active))
         await self.deployments.start()
         log.info("all workers live in %.2f s", time.monotonic() - t0)
+        if any(m.log_rate for m in self.config.models):
+            self.predlog.ensure_started()  # else on the first sampled request, after a reload turns it on
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(), name="deadline sweeper")
         self.history.start()
@@ -249,4 +262,5 @@ class Server:
                     pass
         self._sweeper = self._idle_sweeper = None
         await self.deployments.stop()
+        await self.predlog.stop()  # after the workers: the last shadow answers are in
         log.info("stopped")

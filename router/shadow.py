@@ -15,6 +15,10 @@ Copies for one worker are held for ``server.shadow_flush_us`` (or until 32
 wait) and written together (:class:`CopyBatch`): one write and one wake-up of
 the shadow, and one answer back, for several copies instead of each, which is
 most of what a copy costs the router.
+
+A copy of a request sampled for the prediction log asks the shadow for its
+outputs as well (``SHADOW_OUTPUTS``); its answer goes to the log beside the
+live reply (:meth:`router.predlog.PredictionLog.shadow`).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from .worker_link import Call, WorkerLink
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .predlog import Sampled
 
 log = logging.getLogger("router.shadow")
 
@@ -54,15 +59,18 @@ class Replicas(Protocol):
 
 
 class Copy(Call):
-    """A shadow copy in flight: ``sent`` becomes the time it was actually written."""
+    """A shadow copy in flight: ``sent`` becomes the time it was actually written; ``sampled`` is the
+    prediction log's record of the live request, when it was sampled."""
 
-    __slots__ = ("target", "protocol", "sent")
+    __slots__ = ("target", "protocol", "sent", "sampled")
 
-    def __init__(self, target: ShadowTarget, protocol: str, deadline: float, now: float) -> None:
+    def __init__(self, target: ShadowTarget, protocol: str, deadline: float, now: float,
+                 sampled: Sampled | None = None) -> None:
         super().__init__(deadline)
         self.target = target
         self.protocol = protocol
         self.sent = now
+        self.sampled = sampled
 
     def done(self, status: int, header_len: int, payload: bytes) -> None:
         self.target.answered(self, status, payload)
@@ -150,11 +158,11 @@ class ShadowTarget:
         self.last_error = ""
         self._logged_at = 0.0
         self._counts = metrics.shadow_counts(model, replicas.version)
-        self._results: list[tuple[str, int, bytes, float]] = []
+        self._results: list[tuple[str, int, bytes, float, Sampled | None]] = []
         self._recording = False
 
     def offer(self, protocol: str, fmt: int, header_len: int, body: bytes, reply_header_len: int, reply: bytes,
-              now: float) -> bool:
+              now: float, sampled: Sampled | None = None) -> bool:
         """Send one copy now, or drop it; never waits. Returns whether it was sent."""
         if self.outstanding >= self.replicas.vc.shadow_queue:
             self._counts[SHADOW_DROPPED] += 1
@@ -168,14 +176,17 @@ class ShadowTarget:
         batch = link.copies
         if batch is None:
             batch = link.copies = CopyBatch(link, self.flush_s)
-        batch.add(fmt, header_len, body, reply_header_len, reply, Copy(self, protocol, now + self.timeout, now))
+        if sampled is not None:
+            fmt |= frames.SHADOW_OUTPUTS
+        copy = Copy(self, protocol, now + self.timeout, now, sampled)
+        batch.add(fmt, header_len, body, reply_header_len, reply, copy)
         return True
 
     def answered(self, copy: Copy, status: int, payload: bytes) -> None:
         """A copy's outcome: recorded a few per loop turn (see ``_RECORD_CHUNK``)."""
         self.outstanding -= 1
         # Shadow latency counts from the write, not from the hold before it.
-        self._results.append((copy.protocol, status, payload, monotonic() - copy.sent))
+        self._results.append((copy.protocol, status, payload, monotonic() - copy.sent, copy.sampled))
         if not self._recording:
             self._recording = True
             asyncio.get_running_loop().call_soon(self._record)
@@ -185,30 +196,38 @@ class ShadowTarget:
         chunk = results[:_RECORD_CHUNK]
         del results[:_RECORD_CHUNK]
         try:
-            for protocol, status, payload, seconds in chunk:
-                self._result(protocol, status, payload, seconds)
+            for protocol, status, payload, seconds, sampled in chunk:
+                self._result(protocol, status, payload, seconds, sampled)
         finally:
             if results:  # the rest after the loop has looked at the sockets again
                 asyncio.get_running_loop().call_soon(self._record)
             else:
                 self._recording = False
 
-    def _result(self, protocol: str, status: int, payload: bytes, seconds: float) -> None:
+    def _result(self, protocol: str, status: int, payload: bytes, seconds: float,
+                sampled: Sampled | None = None) -> None:
         m = self.metrics
         m.observe(self.model, self.version, protocol, status, seconds, route="shadow")
         if status == 200:
             try:
-                _rows, outputs = msgpack.unpackb(payload)
-                for name, max_abs, max_rel, agree, rows in outputs:
+                # [rows, comparisons] (+ the outputs, as a msgpack reply, when the copy asked for them)
+                answer = msgpack.unpackb(payload)
+                for name, max_abs, max_rel, agree, rows in answer[1]:
                     m.observe_divergence(self.model, self.version, name, max_abs, max_rel, agree, rows)
-            except (ValueError, TypeError) as exc:  # a worker bug; count it, never raise into the loop
+                outputs = answer[2] if len(answer) > 2 else None
+            except (ValueError, TypeError, IndexError) as exc:  # a worker bug; count it, never raise into the loop
                 self._error(500, f"unreadable comparison from the shadow worker: {exc!r}".encode())
                 return
             self._counts[SHADOW_OK] += 1
-        elif status == 504:
+            if sampled is not None:
+                sampled.log.shadow(sampled, self.version, status, seconds, outputs)
+            return
+        if status == 504:
             self._counts[SHADOW_TIMEOUT] += 1
         else:
             self._error(status, payload)
+        if sampled is not None:
+            sampled.log.shadow(sampled, self.version, status, seconds, payload)
 
     def _error(self, status: int, payload: bytes) -> None:
         self._counts[SHADOW_ERROR] += 1

@@ -13,9 +13,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from router.proto.errors import RouterError
+from router.proto.link import FMT_MSGPACK
 from router.proto.meta import ModelMeta
 
 from .codecs import Request, encode_response
+from .codecs.plan import plan_of
 from .compare import compare, pack_stats
 
 log = logging.getLogger("runtime.batcher")
@@ -120,14 +122,21 @@ class Batcher:
 
     def _reply(self, rid: int, req: Request, outputs: Sequence[np.ndarray]) -> Reply:
         if req.live is not None:
-            return self._compare(rid, req.live, outputs)
+            return self._compare(rid, req, req.live, outputs)
         hlen, body = encode_response(req, outputs, self.meta)
         return rid, 200, hlen, body
 
-    def _compare(self, rid: int, live: dict[str, np.ndarray], outputs: Sequence[np.ndarray]) -> Reply:
-        """A shadow copy's answer: how our outputs differ from the live ones (never the tensors)."""
-        ours = {spec.name: out for spec, out in zip(self.meta.outputs, outputs, strict=False)}
+    def _compare(self, rid: int, req: Request, live: dict[str, np.ndarray], outputs: Sequence[np.ndarray]) -> Reply:
+        """A shadow copy's answer: how our outputs differ from the live ones; the tensors themselves only
+        when the copy was sampled for the prediction log."""
+        meta = self.meta
+        ours = {spec.name: out for spec, out in zip(meta.outputs, outputs, strict=False)}
         try:
-            return rid, 200, 0, pack_stats(compare(live, ours))
+            diffs = compare(live, ours)
+            if not req.log_outputs:
+                return rid, 200, 0, pack_stats(diffs)
+            plan = plan_of(meta)
+            every = Request(None, [], plan.every_output, plan.all_binary, FMT_MSGPACK, req.batch)
+            return rid, 200, 0, pack_stats(diffs, outputs=encode_response(every, outputs, meta)[1])
         except RouterError as exc:
             return rid, exc.status, 0, str(exc).encode()

@@ -19,6 +19,9 @@ on the router <-> worker link (``[rid, 200, 0, payload]``, see
 
     [rows_total, [[name, max_abs, max_rel, agree, rows], ...]]
 
+with a third element, the shadow's outputs as a msgpack reply body, when the
+copy asked for them (``SHADOW_OUTPUTS``: it was sampled for the prediction log).
+
 ``rows_total`` (uint) is dim 0 of the first compared output (0 for a 0-d one);
 then one entry per compared output, in the live reply's order: ``name`` (str),
 ``max_abs`` and ``max_rel`` (float64, ``inf`` where a NaN or an infinity
@@ -131,13 +134,15 @@ def _differences(lv: np.ndarray, sv: np.ndarray) -> tuple[float, float]:
     return float(np.abs(sv - lv).max()), float(np.abs(sv / m - lv / m).max())
 
 
-def pack_stats(diffs: Sequence[Diff], rows_total: int | None = None) -> bytes:
+def pack_stats(diffs: Sequence[Diff], rows_total: int | None = None, outputs: bytes | None = None) -> bytes:
     """Pack :func:`compare`'s result as the shadow worker's reply payload (layout in the module docstring).
 
     Args:
         diffs: the result of :func:`compare`, or any sequence of :data:`Diff`.
         rows_total: overrides ``diffs.rows_total``; required when ``diffs`` is a
             plain sequence.
+        outputs: the shadow's outputs as a msgpack reply body, for a copy sampled
+            for the prediction log: a third element of the array.
 
     Raises:
         TypeError: ``rows_total`` is neither given nor carried by ``diffs``.
@@ -148,4 +153,4 @@ def pack_stats(diffs: Sequence[Diff], rows_total: int | None = None) -> bytes:
             raise TypeError("pack_stats: rows_total is required when diffs does not come from compare()")
     # Plain Python numbers: numpy scalars are not msgpack types.
     entries = [[str(n), float(a), float(r), int(g), int(k)] for n, a, r, g, k in diffs]
-    return msgpack.packb([int(rows_total), entries])
+    return msgpack.packb([int(rows_total), entries] if outputs is None else [int(rows_total), entries, outputs])

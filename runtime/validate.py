@@ -160,7 +160,7 @@ def _check_process(args: argparse.Namespace) -> int:
     supervisor = os.getppid()
     limit = args.memory_mb << 20
     resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-    from .worker import die_with_parent  # imports torch: under the limit
+    from .lifeline import die_with_parent
 
     die_with_parent(supervisor)  # a supervisor killed outright leaves no check running
     result: dict[str, Any] = {"ok": False}

@@ -12,7 +12,6 @@ nothing at concurrency 1 and helps at once under load.
 
 from __future__ import annotations
 
-import ctypes
 import gc
 import json
 import logging
@@ -33,7 +32,16 @@ import torch
 from router.proto import link
 from router.proto.errors import FrameError, InternalError, RouterError
 from router.proto.framing import FrameScanner
-from router.proto.link import KIND_WARMUP, SHADOW, STATUS_DRIFT, STATUS_HELLO, STATUS_REFUSED, STATUS_STATS
+from router.proto.link import (
+    FMT_MASK,
+    KIND_WARMUP,
+    SHADOW,
+    SHADOW_OUTPUTS,
+    STATUS_DRIFT,
+    STATUS_HELLO,
+    STATUS_REFUSED,
+    STATUS_STATS,
+)
 from router.proto.meta import ModelMeta
 from router.proto.stats import INTERVAL_S
 
@@ -41,12 +49,12 @@ from .batcher import Batcher, Reply
 from .codecs import Request, decode_reply, decode_request, example_request
 from .drift import DriftMonitor, DriftThresholds, load_sample
 from .express import Express
+from .lifeline import die_with_parent
 from .model import Model, refusal_of
 from .stats import WorkerStats, timed
 
 log = logging.getLogger("runtime.worker")
 
-_PR_SET_PDEATHSIG = 1
 # recv(n) allocates n bytes up front: 1 MiB cost an mmap/munmap per request.
 _RECV_SIZE = 1 << 16
 
@@ -71,20 +79,6 @@ class WorkerSpec:
     nonfinite: str = "reject"
     #: The model's ``[models.drift]`` keys as JSON; empty: no drift monitoring.
     drift: str = ""
-
-
-def die_with_parent(parent_pid: int) -> None:
-    """Ask the kernel to SIGKILL us when the router dies, even by SIGKILL.
-
-    The check after ``prctl`` closes the race where the router died before it.
-    """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):  # not Linux: the socket EOF still ends us
-        pass
-    if os.getppid() != parent_pid:
-        os._exit(0)
 
 
 class Worker:
@@ -148,7 +142,8 @@ class Worker:
             if kind == KIND_WARMUP:
                 req = example_request(self.meta)
             elif kind & SHADOW:
-                req = self._decode_shadow(kind & ~SHADOW, payload, hlen)
+                req = self._decode_shadow(kind & FMT_MASK, payload, hlen)
+                req.log_outputs = bool(kind & SHADOW_OUTPUTS)
             else:
                 req = decode_request(kind, payload, hlen, self.meta, self.spec.nonfinite)
         except RouterError as exc:

@@ -18,6 +18,7 @@ from router.config import (
     Config,
     DriftConfig,
     ModelConfig,
+    PredlogConfig,
     ServerConfig,
     StoreConfig,
     VersionConfig,
@@ -126,7 +127,7 @@ def test_config_is_frozen():
 
 # -- the dataclass fields are the one source of truth ---------------------------------------------
 
-TABLES = [ServerConfig, StoreConfig, AdminConfig, ModelConfig, VersionConfig, DriftConfig]
+TABLES = [ServerConfig, StoreConfig, AdminConfig, ModelConfig, VersionConfig, DriftConfig, PredlogConfig]
 
 
 def keys(cls):
@@ -156,13 +157,14 @@ def place(cls, key, value):
 def read_back(cls, doc, key):
     c = parse_config(doc)
     table = {ServerConfig: c.server, AdminConfig: c.admin, ModelConfig: c.models[0],
-             VersionConfig: c.models[0].versions[-1], StoreConfig: c.store, DriftConfig: c.models[0].drift}[cls]
+             VersionConfig: c.models[0].versions[-1], StoreConfig: c.store, DriftConfig: c.models[0].drift,
+             PredlogConfig: c.predlog}[cls]
     return getattr(table, settings(cls)[key][0].name)
 
 
 def test_defaults_are_what_an_empty_table_parses_to():
     c = parse_config(base())  # no source: paths stay as declared
-    parsed = {ServerConfig: c.server, AdminConfig: c.admin, StoreConfig: c.store,
+    parsed = {ServerConfig: c.server, AdminConfig: c.admin, StoreConfig: c.store, PredlogConfig: c.predlog,
               ModelConfig: parse_model({"name": "m", "versions": [{"version": "1"}]}, "m"),
               VersionConfig: parse_version({"version": "1"}, "v"),
               DriftConfig: parse_model({"name": "m", "versions": [{"version": "1"}]}, "m").drift}
@@ -236,10 +238,10 @@ def test_unknown_key_message_lists_exactly_the_fields(cls):
 
 
 def test_top_level_keys_are_the_config_fields_but_source():
-    assert sorted(settings(Config)) == ["admin", "models", "server", "store"]
+    assert sorted(settings(Config)) == ["admin", "models", "predlog", "server", "store"]
     with pytest.raises(ConfigError) as e:
         parse_config({"source": "x", **base()})
-    assert str(e.value) == "source: unknown key (allowed: admin, models, server, store)"
+    assert str(e.value) == "source: unknown key (allowed: admin, models, predlog, server, store)"
 
 
 def test_traffic_keys_are_the_live_version_keys():

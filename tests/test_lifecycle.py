@@ -194,3 +194,28 @@ def test_copies_leave_after_the_live_reply_and_never_for_a_pinned_shadow(tmp_pat
         await s.deployments.stop()
 
     asyncio.run(main())
+
+
+def test_requests_that_reached_a_worker_are_sampled_for_the_prediction_log_and_refusals_never(tmp_path):
+    from router.proto.errors import PayloadTooLarge
+
+    async def main() -> None:
+        store = fake_store(tmp_path / "store", {"fraud": ["1"]})
+        s = Server(parse_config({"server": {"http": "", "msgpack": ""}, "store": {"path": str(store)},
+                                 "models": [{"name": "fraud", "log_rate": 1.0,
+                                             "versions": [{"version": "1"}]}]}), replica_factory=Replicas())
+        await s.deployments.start()
+        s.state.started = True
+        s.predlog._stopping = True  # no writer process here: a sampled record counts as writer_down
+        front = Front(s)
+        front.send(version="1")
+        await settle(lambda: bool(front.replies))
+        ex = Exchange(s.lifecycle, front, "http")
+        s.lifecycle.refuse(ex, "fraud", "1", PayloadTooLarge("too large"), time.monotonic())  # pinned, refused
+        front.send(version="9")  # an unknown version: 404 before any worker
+        assert [r[0] for r in front.replies] == [200, 413, 404]
+        assert s.predlog.counts["fraud"].sampled == 1
+        assert s.predlog.dropped("fraud")["writer_down"] == 1
+        await s.deployments.stop()
+
+    asyncio.run(main())

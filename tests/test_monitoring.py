@@ -361,6 +361,22 @@ ALERT_TESTS = [
                                    "PSI, JS and KS; router_drift_statistic has them over time."}}]},
         ],
     },
+    {   # fraud's log folder is unwritable from minute 5: 2 records/s fail to be written; a dropped queue never.
+        "interval": "1m",
+        "input_series": [series("router_predlog_dropped_total", "0x5 0+120x40", model="fraud", reason="write_failed"),
+                         series("router_predlog_dropped_total", "0x45", model="fraud", reason="queue_full")],
+        "alert_rule_test": [
+            {"eval_time": "12m", "alertname": "PredictionLogDrops", "exp_alerts": []},
+            {"eval_time": "30m", "alertname": "PredictionLogDrops", "exp_alerts": [{
+                "exp_labels": {"severity": "warning", "model": "fraud", "reason": "write_failed"},
+                "exp_annotations": {
+                    "summary": "The prediction log of fraud drops records (write_failed)",
+                    "description": "2 sampled records per second have not been written for 10 minutes (queue_full: "
+                                   "the writer falls behind, lower log_rate; writer_down: it is not running, see "
+                                   "the daemon's log; write_failed: its folder is unwritable or the disk is full). "
+                                   "Serving is not affected."}}]},
+        ],
+    },
 ]
 
 
@@ -429,7 +445,7 @@ def test_prometheus_scrapes_the_daemon(prometheus, daemon):
 
 REQUIRED_ALERTS = {"RouterDown", "RouterNotReady", "WorkerDown", "WorkerCrashLooping", "WorkerHung",
                    "ModelLoadFailures", "HighP99Latency", "HighErrorRate", "ShadowDisagreement", "DeployFailed",
-                   "ReloadFailed", "DataDrift"}
+                   "ReloadFailed", "DataDrift", "PredictionLogDrops"}
 
 
 def test_rules_run_on_the_daemon_series(prometheus, exported):

@@ -183,7 +183,7 @@ def test_weight_zero_is_never_chosen():
         v: SimpleNamespace(version=v, live=True, vc=SimpleNamespace(weight=w, shadow=s), replicas=[])
         for v, w, s in (("1", 1.0, 0.0), ("dark", 0.0, 0.0), ("2", 1.0, 0.0), ("shadow", 0.0, 0.5))
     }
-    route = Pool(SimpleNamespace(name="m", routing_key=None), pools, {})  # type: ignore[arg-type]
+    route = Pool(SimpleNamespace(name="m", routing_key=None, log_rate=0.0), pools, {})  # type: ignore[arg-type]
     route.rebuild()
     assert route.table.versions == ("1", "2")
     assert route.mirror is not None and route.mirror.versions == ("shadow",)

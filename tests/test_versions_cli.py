@@ -185,3 +185,34 @@ def test_the_history_answers_over_http(daemon):
     status, body = d.call("GET", "/admin/models/tiny/history?series=qps", headers=AUTH)
     assert status == 400 and "series: unknown 'qps'" in body["error"]
     assert d.call("GET", "/admin/models/nosuch/history", headers=AUTH)[0] == 404
+
+
+def test_the_audit_trail_names_who_changed_what_over_the_api_and_the_cli(daemon, models, tmp_path):
+    import getpass
+
+    d = daemon
+    status, _ = d.call("PUT", "/admin/models/tiny/traffic", {"weights": {"1": 100}},
+                       {**AUTH, "X-Router-User": "carol"})
+    assert status == 200
+    status, _ = d.call("PUT", "/admin/models/tiny/traffic", {"weights": {"7": 1}}, AUTH)  # no name given
+    assert status == 400
+    path = tmp_path / "audit.tar.gz"
+    path.write_bytes(archive(models, meta=meta_bytes(description="audited")))
+    assert cli(d, "push", "tiny", "9", str(path)).returncode == 0
+    status, body = d.call("GET", "/admin/audit?model=tiny&limit=3", headers=AUTH)
+    assert status == 200, body
+    newest = body["entries"]
+    assert [(e["action"], e["result"]) for e in newest] == [("push", "ok"), ("traffic", "refused"), ("traffic", "ok")]
+    assert newest[0]["who"] == f"{getpass.getuser()}@127.0.0.1" and newest[0]["version"] == "9"
+    assert newest[0]["detail"]["size"] == path.stat().st_size
+    assert newest[1]["who"] == "127.0.0.1" and "unknown version" in newest[1]["error"]
+    assert newest[2]["who"] == "carol@127.0.0.1" and newest[2]["detail"] == {"weights": {"1": 100}}
+    out = cli(d, "audit", "--model", "tiny", "--limit", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3 and "push tiny v9" in lines[0] and lines[0].endswith(": ok")
+    assert "traffic tiny" in lines[1] and ": refused (" in lines[1] and "carol@127.0.0.1" in lines[2]
+    assert d.call("GET", "/admin/audit?limit=0", headers=AUTH)[0] == 400
+    assert d.call("GET", "/admin/audit")[0] == 401  # the token rule, as for every admin read
+    on_disk = [json.loads(line) for line in (d.config.parent / "audit.jsonl").read_text().splitlines()]
+    assert on_disk[-3:] == newest[::-1]

@@ -27,7 +27,9 @@ payload is an 8-byte prefix ``>II`` (request length, live reply's header
 length), the caller's body, then the live reply's bytes, all untouched.
 ``header_len`` is the request's, as for any request. The shadow worker answers
 200 with a small msgpack of comparison statistics (``runtime/compare.py``),
-never tensors, or an error status and message.
+never tensors, or an error status and message. A copy whose kind also has
+``SHADOW_OUTPUTS`` (sampled for the prediction log) gets its outputs too: a
+third element of that array, the outputs as a msgpack reply body.
 """
 
 from __future__ import annotations
@@ -44,6 +46,10 @@ FMT_MSGPACK = 2  # msgpack inference body (HTTP application/msgpack and TCP fram
 KIND_WARMUP = 9
 #: Flag on a body format: a mirrored request that carries the live reply.
 SHADOW = 0x10
+#: Flag on a shadow copy: answer with the shadow's outputs besides the comparison (prediction log).
+SHADOW_OUTPUTS = 0x20
+#: The body format bits of a kind.
+FMT_MASK = 0x0F
 
 STATUS_HELLO = 1
 STATUS_REFUSED = 2

@@ -77,9 +77,11 @@ class Request:
         batch: dim 0 of the inputs (1 when the model is not batchable).
         live: for a shadow copy, the live version's outputs by name: the reply
             is then a comparison with them instead of this model's outputs.
+        log_outputs: for a shadow copy sampled for the prediction log: the
+            comparison comes with this model's outputs.
     """
 
-    __slots__ = ("id", "arrays", "outputs", "binary", "fmt", "batch", "live")
+    __slots__ = ("id", "arrays", "outputs", "binary", "fmt", "batch", "live", "log_outputs")
 
     def __init__(
         self,
@@ -97,6 +99,7 @@ class Request:
         self.fmt = fmt
         self.batch = batch
         self.live: dict[str, np.ndarray] | None = None
+        self.log_outputs = False
 
     def __repr__(self) -> str:
         shapes = [list(a.shape) for a in self.arrays]
