@@ -103,6 +103,10 @@ _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 #: a cross-site page may send without a CORS preflight (Fetch standard, CORS-safelisted request-header).
 PUSH_TYPES = frozenset({"application/octet-stream", "application/gzip", "application/x-gzip", "application/zip"})
 _PUSH_ROUTE = "push"
+#: Reads that show what ``/metrics`` shows anyone who can reach the listener (models, versions, weights,
+#: health, rates, latency, drift): answered without a token, for the UI's read-only view and dashboards.
+#: The store's contents, the prediction log, the audit trail and every change need the token.
+PUBLIC_READS = frozenset({"status", "traffic", "history", "drift"})
 
 
 def _host_name(host: str) -> str:
@@ -152,6 +156,8 @@ def auth_middleware(token: str | None) -> Any:
 
     @web.middleware
     async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.method == "GET" and request.match_info.route.name in PUBLIC_READS:
+            return await handler(request)  # what /metrics shows anyone, in another shape: no token
         if token is None:
             if not is_loopback(request.remote):
                 return _error(403, "the admin API answers only loopback callers when no admin token is set")
@@ -329,15 +335,15 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app = web.Application(middlewares=[auth_middleware(token), _errors])
     app[_TIMEOUTS] = timeouts
     h = AdminHandlers(control)
-    app.router.add_get("/models", h.models)
-    app.router.add_get("/models/{model}/traffic", h.get_traffic)
+    app.router.add_get("/models", h.models, name="status")
+    app.router.add_get("/models/{model}/traffic", h.get_traffic, name="traffic")
     app.router.add_put("/models/{model}/traffic", h.put_traffic)
     app.router.add_post("/reload", h.reload)
     app.router.add_post("/models/{model}/rollback", h.rollback)
     app.router.add_post("/models/{model}/deploy", h.deploy)
     app.router.add_get("/models/{model}/versions", h.versions)
-    app.router.add_get("/models/{model}/history", h.history)
-    app.router.add_get("/models/{model}/drift", h.drift)
+    app.router.add_get("/models/{model}/history", h.history, name="history")
+    app.router.add_get("/models/{model}/drift", h.drift, name="drift")
     app.router.add_get("/models/{model}/predlog", h.predlog)
     app.router.add_get("/audit", h.audit)
     app.router.add_post("/models/{model}/versions/{version}", h.push, name=_PUSH_ROUTE)

@@ -113,11 +113,11 @@ def test_weights_are_bounded(daemon):
 
 def test_an_authorization_header_that_is_not_utf8_is_refused_not_a_500(start_daemon):
     d = start_daemon(env={"ROUTER_ADMIN_TOKEN": "s3cret"})
-    status, reply = send(d.http_port, "GET", "/admin/models", {"Host": d.http},
+    status, reply = send(d.http_port, "GET", "/admin/models/fraud/versions", {"Host": d.http},
                          raw_headers=b"Authorization: Bearer \xff\xfe\xc3\x28\r\n")
     assert status == 403 and reply["error"] == "invalid admin token"
     # With a token the Host may be any name (a Service's, a pod's); the token is the guard.
-    status, _ = send(d.http_port, "GET", "/admin/models", {"Host": "router.default.svc:8080",
-                                                          "Authorization": "Bearer s3cret"})
+    status, _ = send(d.http_port, "GET", "/admin/models/fraud/versions", {"Host": "router.default.svc:8080",
+                                                                          "Authorization": "Bearer s3cret"})
     assert status == 200
     assert "Traceback" not in d.log

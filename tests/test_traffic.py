@@ -111,8 +111,14 @@ def test_no_request_sees_a_half_updated_table(start_daemon):
 
 def test_token_guards_the_admin_api(start_daemon):
     d = start_daemon(env={"ROUTER_ADMIN_TOKEN": "s3cret"})
-    status, body = d.get("/admin/models")
+    status, body = d.get("/admin/models/fraud/versions")
     assert status == 401 and "Bearer" in json.loads(body)["error"]
+    # What /metrics shows anyone, the read-only view reads without a token; the store's contents need it.
+    for path in ("/admin/models", "/admin/models/fraud/traffic", "/admin/models/fraud/history",
+                 "/admin/models/fraud/drift"):
+        assert d.get(path)[0] == 200, path
+    for path in ("/admin/models/fraud/predlog", "/admin/audit"):
+        assert d.get(path)[0] == 401, path
     status, res = put(d, "fraud", {"weights": {"1": 1}}, {"Authorization": "Bearer wrong"})
     assert status == 403 and "invalid admin token" in res["error"]
     status, res = put(d, "fraud", {"weights": {"1": 50}}, {"Authorization": "Bearer s3cret"})
@@ -181,11 +187,11 @@ def test_cli_sends_the_token_from_the_environment(start_daemon):
     d = start_daemon(env={"ROUTER_ADMIN_TOKEN": "t0ken"})
     base = {k: v for k, v in os.environ.items() if k != "ROUTER_ADMIN_TOKEN"}
 
-    def status(env):
-        return subprocess.run([sys.executable, "-m", "router", "status", "--url", d.url], cwd=ROOT, env=env,
-                              capture_output=True, text=True, timeout=60)
+    def versions(env):
+        return subprocess.run([sys.executable, "-m", "router", "versions", "fraud", "--url", d.url], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=60)
 
-    r = status(base)
+    r = versions(base)
     assert r.returncode == 1 and "401" in r.stderr
-    r = status({**base, "ROUTER_ADMIN_TOKEN": "t0ken"})
+    r = versions({**base, "ROUTER_ADMIN_TOKEN": "t0ken"})
     assert r.returncode == 0 and "model fraud" in r.stdout, r.stderr
