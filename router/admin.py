@@ -325,6 +325,9 @@ class AdminHandlers:
                                             settings=settings)
         return web.json_response(result.to_json(), status=201 if result.action == "create" else 200)
 
+    async def release(self, request: web.Request) -> web.Response:
+        return web.json_response((await self.control.release(request.match_info["model"])).to_json())
+
     async def drop(self, request: web.Request) -> web.Response:
         mi = request.match_info
         return web.json_response((await self.control.drop(mi["model"], mi["version"])).to_json())
@@ -340,6 +343,7 @@ def make_admin_app(control: ControlPlane, token: str | None, timeouts: Timeouts)
     app.router.add_put("/models/{model}/traffic", h.put_traffic)
     app.router.add_post("/reload", h.reload)
     app.router.add_post("/models/{model}/rollback", h.rollback)
+    app.router.add_post("/models/{model}/release", h.release)
     app.router.add_post("/models/{model}/deploy", h.deploy)
     app.router.add_get("/models/{model}/versions", h.versions)
     app.router.add_get("/models/{model}/history", h.history, name="history")

@@ -19,6 +19,7 @@ from .proto.errors import ConfigError, RouterError
 from .results import (
     AuditResult,
     PushedVersion,
+    ReleasedPool,
     ReloadResult,
     RemovedVersion,
     RolloutResult,
@@ -31,7 +32,7 @@ from .results import (
 log = logging.getLogger("router")
 
 Result = (TrafficResult | ReloadResult | SwapResult | StatusResult | RolloutResult | VersionsResult | RemovedVersion
-          | AuditResult)
+          | AuditResult | ReleasedPool)
 
 
 def _setup_logging() -> None:
@@ -330,6 +331,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return _render(StatusResult, args, "GET", "/admin/models")
 
 
+def cmd_release(args: argparse.Namespace) -> int:
+    from urllib.parse import quote
+
+    return _render(ReleasedPool, args, "POST", f"/admin/models/{quote(args.model, safe='')}/release", {})
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from urllib.parse import urlencode
 
@@ -419,9 +426,11 @@ def build_parser() -> argparse.ArgumentParser:
                               ("reload", cmd_reload, "re-read the daemon's config file and apply what changed"),
                               ("deploy", cmd_deploy, "deploy a new version set of a model, blue-green"),
                               ("rollback", cmd_rollback, "make a model's previous (warm) pool active again"),
+                              ("release", cmd_release, "stop a model's previous (warm) pool now: no rollback to "
+                               "it afterwards, and its versions can be removed"),
                               ("status", cmd_status, "show models, versions, weights and workers")):
         c = sub.add_parser(name, help=help_)
-        if name in ("traffic", "shadow", "deploy", "rollback"):
+        if name in ("traffic", "shadow", "deploy", "rollback", "release"):
             c.add_argument("model")
         if name == "deploy":
             c.add_argument("versions", metavar="FILE",

@@ -30,7 +30,7 @@ from .audit import AuditTrail, audited
 from .config import Config, ModelConfig, VersionConfig, parse_model, parse_value
 from .configfile import plain_number
 from .deployments import Deployments
-from .history import SERIES, History
+from .history import ALL_SERIES, History
 from .metrics import Metrics
 from .predlog import PredictionLog
 from .proto.errors import (
@@ -51,6 +51,7 @@ from .results import (
     HistoryResult,
     PredlogResult,
     PushedVersion,
+    ReleasedPool,
     ReloadResult,
     RemovedVersion,
     RolloutResult,
@@ -135,8 +136,15 @@ class ControlPlane:
             t = self.traffic(name).to_json()
             prev = self.deployments.previous.get(name)
             t["pool"] = pool.color
-            t["previous"] = ({"pool": prev.color, "versions": [v.version for v in prev.config.versions]}
+            t["previous"] = ({"pool": prev.color, "versions": [v.version for v in prev.config.versions],
+                              "expires_in_s": self.deployments.retire_in(name)}
                              if prev is not None else None)
+            standby = next((p for p in self.routing.pools if p.name == name and p is not pool and p is not prev
+                            and p not in self.deployments.stopping), None)
+            # A deploy in progress: how far its workers have come (they load, then warm up).
+            t["standby"] = ({"pool": standby.color, "versions": [v.version for v in standby.config.versions],
+                             "workers": len(standby.replicas), "live": sum(r.live for r in standby.replicas)}
+                            if standby is not None else None)
             t["versions"] = [
                 {
                     "version": s.version,
@@ -168,8 +176,17 @@ class ControlPlane:
         pool = self._pool(model)
         conf = pool.config.drift
         thresholds = {k: getattr(conf, k) for k in ("psi_warning", "psi_drift", "js_drift", "ks_drift", "min_window")}
-        return DriftResult(model, conf.enabled, thresholds,
-                           {v: drift.of_replicas(s.replicas) for v, s in pool.versions.items()})
+        versions = {v: drift.of_replicas(s.replicas) for v, s in pool.versions.items()}
+        # Since when what drifts has drifted, as the history saw it (to its resolution).
+        since = self.history_source.drifting_since if self.history_source is not None else {}
+        for v, summary in versions.items():
+            if summary is None:
+                continue
+            summary["since"] = since.get((model, v)) if summary["drifting"] else None
+            for io in ("inputs", "outputs"):
+                for name, f in summary[io]["features"].items():
+                    f["since"] = since.get((model, v, io, name)) if f["drifting"] else None
+        return DriftResult(model, conf.enabled, thresholds, versions)
 
     async def predlog(self, model: str) -> PredlogResult:
         """The model's prediction log: rate, folder, files, and what was written and dropped.
@@ -198,10 +215,10 @@ class ControlPlane:
         if history is None or (model not in self.routing.active
                                and not any(m == model for m, _ in history.rings)):
             raise NotFound(f"unknown model {shown(model)}")
-        names = list(series) if series else list(SERIES)
-        unknown = [n for n in names if n not in SERIES]
+        names = list(series) if series else list(ALL_SERIES)
+        unknown = [n for n in names if n not in ALL_SERIES]
         if unknown:
-            raise ConfigError(f"series: unknown {shown(unknown[0])} (known: {', '.join(SERIES)})")
+            raise ConfigError(f"series: unknown {shown(unknown[0])} (known: {', '.join(ALL_SERIES)})")
         if since is None:
             since = 0.0
         elif since < 0:
@@ -378,6 +395,19 @@ class ControlPlane:
                 except (ConfigError, OSError) as exc:
                     log.error("rolled back %s, but %s was not updated: %s", model, source, exc)
             return self._swapped("rollback", model, swap)
+
+    @audited("release")
+    async def release(self, model: str) -> ReleasedPool:
+        """Stop the model's previous pool now (no rollback to it afterwards): its versions can then be removed.
+
+        Raises:
+            NotFound: unknown model.
+            NoPreviousPool: none is kept warm.
+        """
+        async with self.lock:
+            self._pool(model)
+            prev = self.deployments.release(model)
+            return ReleasedPool(model, prev.color, [v.version for v in prev.config.versions])
 
     def _swapped(self, action: Any, model: str, swap: float) -> SwapResult:
         pool = self.routing.active[model]

@@ -312,6 +312,19 @@ class Deployments:
         timer = self._retire_timers.get(name)
         return None if timer is None else max(0.0, timer.when() - asyncio.get_running_loop().time())
 
+    def release(self, name: str) -> Pool:
+        """Stop the model's previous pool now, instead of after ``keep_previous_s``; returns it.
+
+        Raises:
+            NoPreviousPool: none is kept.
+        """
+        prev = self.previous.get(name)
+        if prev is None:
+            raise NoPreviousPool(f"model {name!r} has no previous pool kept warm to release")
+        self._cancel_retire(name)
+        self._retire(name)
+        return prev
+
     def _cancel_retire(self, name: str) -> None:
         timer = self._retire_timers.pop(name, None)
         if timer is not None:

@@ -20,10 +20,14 @@ from array import array
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .metrics import LATENCY_BUCKETS, Metrics, proc_usage
+from .metrics import DIVERGENCE_BUCKETS, LATENCY_BUCKETS, Metrics, proc_usage
 
 #: The series of each version (their meanings: docs/monitoring.md, "History in the daemon").
-SERIES = ("rate", "error_rate", "p50", "p99", "share", "agreement", "cpu", "memory", "drift_psi", "drifting")
+SERIES = ("rate", "error_rate", "p50", "p99", "share", "agreement", "divergence", "cpu", "memory", "drift_psi",
+          "drifting")
+#: Not a number per point but one series per drift feature: ``{"t", "inputs": {feature: [...]}, "outputs"}``.
+FEATURES = "feature_psi"
+ALL_SERIES = (*SERIES, FEATURES)
 NAN = float("nan")
 
 
@@ -63,9 +67,9 @@ class Ring:
         return out
 
 
-def quantile(q: float, counts: list[int]) -> float:
-    """The ``q`` quantile of per-bucket counts over :data:`LATENCY_BUCKETS` (+Inf last), interpolated
-    linearly inside its bucket as ``histogram_quantile`` does; NaN with no observation."""
+def quantile(q: float, counts: list[int], buckets: tuple[float, ...] = LATENCY_BUCKETS) -> float:
+    """The ``q`` quantile of per-bucket counts over ``buckets`` (+Inf last), interpolated linearly inside
+    its bucket as ``histogram_quantile`` does; NaN with no observation."""
     total = sum(counts)
     if total <= 0:
         return NAN
@@ -73,12 +77,12 @@ def quantile(q: float, counts: list[int]) -> float:
     seen = 0
     for i, n in enumerate(counts):
         if n and seen + n >= rank:
-            if i >= len(LATENCY_BUCKETS):  # the +Inf bucket: the largest finite bound, as Prometheus says
-                return LATENCY_BUCKETS[-1]
-            lo = LATENCY_BUCKETS[i - 1] if i else 0.0
-            return lo + (LATENCY_BUCKETS[i] - lo) * (rank - seen) / n
+            if i >= len(buckets):  # the +Inf bucket: the largest finite bound, as Prometheus says
+                return buckets[-1]
+            lo = buckets[i - 1] if i else 0.0
+            return lo + (buckets[i] - lo) * (rank - seen) / n
         seen += n
-    return LATENCY_BUCKETS[-1]
+    return buckets[-1]
 
 
 class History:
@@ -102,6 +106,10 @@ class History:
         self.interval_s = interval_s
         self.size = max(1, int(keep_s // interval_s))
         self.rings: dict[tuple[str, str], Ring] = {}
+        #: (model, version) -> (input feature names, output feature names, their PSI rings).
+        self.features: dict[tuple[str, str], tuple[list[str], list[str], Ring]] = {}
+        #: (model, version, io, feature) or (model, version) -> when it was first seen drifting, while it is.
+        self.drifting_since: dict[tuple[str, ...], float] = {}
         self._last: dict[str, Any] | None = None
         self._last_t = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -138,10 +146,14 @@ class History:
             if status >= 500:
                 acc[2] += n
         agreement: dict[tuple[str, str], list[int]] = {}
+        divergence: dict[tuple[str, str], list[int]] = {}
         for (model, version, _), row in self.metrics.divergence_series.items():
             a = agreement.setdefault((model, version), [0, 0])
             a[0] += row[2]
             a[1] += row[3]
+            d = divergence.setdefault((model, version), [0] * (len(DIVERGENCE_BUCKETS) + 1))
+            for i, n in enumerate(row[1][:-1]):  # the relative differences' buckets, all outputs together
+                d[i] += n
         workers: dict[tuple[str, str], list[float]] = {}
         for r, _ in self.workers():
             pid = r.pid
@@ -150,7 +162,7 @@ class History:
                 # Keyed by pid as well: a restarted worker's CPU time starts again from zero.
                 w = workers.setdefault((r.model, r.vc.version), [])
                 w.append((pid, usage[0], usage[1]))  # type: ignore[arg-type]
-        return {"requests": requests, "agreement": agreement, "workers": workers}
+        return {"requests": requests, "agreement": agreement, "divergence": divergence, "workers": workers}
 
     def sample(self, now: float) -> None:
         """Append one point per active model version: the differences since the last reading over its time."""
@@ -171,6 +183,7 @@ class History:
                     psis = [f["psi"] for f in summary["inputs"]["features"].values() if f["psi"] is not None]
                     point["drift_psi"] = max(psis) if psis else NAN
                     point["drifting"] = 1.0 if summary["drifting"] else 0.0
+                    self._features(now, key, summary)
                 ring = self.rings.get(key)
                 if ring is None:
                     ring = self.rings[key] = Ring(self.size, SERIES)
@@ -180,6 +193,25 @@ class History:
         for key in [k for k, ring in self.rings.items()
                     if k[1] not in active.get(k[0], ((), ()))[0] and ring.last() < horizon]:
             del self.rings[key]
+            self.features.pop(key, None)
+
+    def _features(self, now: float, key: tuple[str, str], summary: dict[str, Any]) -> None:
+        """Each feature's PSI at ``now``, and since when what drifts has drifted."""
+        ins, outs = summary["inputs"]["features"], summary["outputs"]["features"]
+        entry = self.features.get(key)
+        if entry is None or entry[0] != list(ins) or entry[1] != list(outs):  # first summary, or new features
+            names = [f"inputs/{n}" for n in ins] + [f"outputs/{n}" for n in outs]
+            entry = self.features[key] = (list(ins), list(outs), Ring(self.size, names))
+        entry[2].append(now, {f"{io}/{n}": f["psi"] if f["psi"] is not None else NAN
+                              for io, group in (("inputs", ins), ("outputs", outs)) for n, f in group.items()})
+        since = self.drifting_since
+        flags = [((*key, io, n), f["drifting"]) for io, group in (("inputs", ins), ("outputs", outs))
+                 for n, f in group.items()]
+        for k, drifting in [*flags, (key, summary["drifting"])]:
+            if drifting:
+                since.setdefault(k, now)
+            else:
+                since.pop(k, None)
 
     @staticmethod
     def _point(reading: dict[str, Any], last: dict[str, Any], key: tuple[str, str], dt: float,
@@ -197,6 +229,11 @@ class History:
         if a_now is not None:
             agree, disagree = a_now[0] - a_then[0], a_now[1] - a_then[1]
             point["agreement"] = agree / (agree + disagree) if agree + disagree else NAN
+        d_now = reading["divergence"].get(key)
+        if d_now is not None:
+            d_then = last["divergence"].get(key, [0] * len(d_now))
+            point["divergence"] = quantile(0.5, [a - b for a, b in zip(d_now, d_then, strict=True)],
+                                           DIVERGENCE_BUCKETS)
         before = {pid: cpu for pid, cpu, _ in last["workers"].get(key, [])}
         procs = reading["workers"].get(key, [])
         if procs:
@@ -206,6 +243,24 @@ class History:
         return point
 
     def query(self, model: str, names: list[str], since: float) -> dict[str, Any]:
-        """The model's versions' points after ``since`` (unix seconds) for the series ``names``."""
-        versions = {v: ring.since(since, names) for (m, v), ring in sorted(self.rings.items()) if m == model}
+        """The model's versions' points after ``since`` (unix seconds) for the series ``names`` (of
+        :data:`ALL_SERIES`)."""
+        plain = [n for n in names if n != FEATURES]
+        versions: dict[str, dict[str, Any]] = {}
+        for (m, v), ring in sorted(self.rings.items()):
+            if m != model:
+                continue
+            out: dict[str, Any] = ring.since(since, plain)
+            if FEATURES in names:
+                out[FEATURES] = self._feature_points((m, v), since)
+            versions[v] = out
         return {"model": model, "interval_s": self.interval_s, "series": names, "versions": versions}
+
+    def _feature_points(self, key: tuple[str, str], since: float) -> dict[str, Any]:
+        entry = self.features.get(key)
+        if entry is None:
+            return {"t": [], "inputs": {}, "outputs": {}}
+        ins, outs, ring = entry
+        points = ring.since(since, ring.values)
+        return {"t": points["t"], "inputs": {n: points[f"inputs/{n}"] for n in ins},
+                "outputs": {n: points[f"outputs/{n}"] for n in outs}}

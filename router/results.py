@@ -114,7 +114,11 @@ class StatusResult:
         for m in self.models:
             lines.append(f"model {m['model']}" + (f" (routing key: {m['routing_key']})" if m["routing_key"] else "")
                          + f", {m['pool']} pool active"
-                         + (f", {m['previous']['pool']} pool warm for rollback" if m["previous"] else ""))
+                         + (f", {m['previous']['pool']} pool warm for rollback"
+                            + (f" ({m['previous']['expires_in_s']:.0f} s left)"
+                               if m["previous"].get("expires_in_s") is not None else "") if m["previous"] else "")
+                         + (f", {m['standby']['pool']} pool warming up ({m['standby']['live']}/"
+                            f"{m['standby']['workers']} workers live)" if m.get("standby") else ""))
             total = sum(m["weights"].values()) or 1
             for v in m["versions"]:
                 share = f"{100 * v['weight'] / total:5.1f}%" if not v["shadow"] else f"shadow {v['shadow']:.0%}"
@@ -127,6 +131,26 @@ class StatusResult:
                     lines.append(f"    #{w['replica']} pid {w['pid']} {w['state']:<10} cpus {w['cpus']} "
                                  f"in flight {w['outstanding']} restarts {w['restarts']}")
         return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleasedPool:
+    """A model's previous pool, stopped before its ``keep_previous_s`` ran out: no rollback to it now."""
+
+    model: str
+    pool: str
+    versions: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> ReleasedPool:
+        return cls(d["model"], d["pool"], d["versions"])
+
+    def text(self) -> str:
+        return (f"model {self.model}: the previous ({self.pool}) pool, versions {', '.join(self.versions)}, "
+                "is stopping; no rollback to it from now on")
 
 
 @dataclass(frozen=True, slots=True)

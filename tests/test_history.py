@@ -13,7 +13,7 @@ import pytest
 from fakes import IN_PROCESS, start_server
 from test_lifecycle import Front, settle
 
-from router.history import SERIES, Ring, quantile
+from router.history import ALL_SERIES, Ring, quantile
 from router.metrics import LATENCY_BUCKETS
 from router.proto import link
 from router.proto.errors import ConfigError, NotFound
@@ -53,7 +53,7 @@ def test_points_are_the_differences_over_each_interval(tmp_path):
         await send(s, 400, "a")
         h.sample(1010.0)
         q = s.control.history("fraud")
-        assert q.series == list(SERIES) and q.interval_s == 10
+        assert q.series == list(ALL_SERIES) and q.interval_s == 10
         v1, v2 = q.versions["1"], q.versions["2"]
         assert v1["t"] == [1010.0] and v2["t"] == [1010.0]
         n1, n2 = v1["rate"][0] * 10, v2["rate"][0] * 10
@@ -149,6 +149,44 @@ def test_drift_reports_become_points(tmp_path):
         q = s.control.history("fraud", ["drift_psi", "drifting"])
         assert q.versions["1"]["drift_psi"] == [0.4] and q.versions["1"]["drifting"] == [1.0]
         assert q.versions["2"]["drift_psi"] == [None]
+        # Per feature, over time; and since when what drifts has drifted (to the history's resolution).
+        h.sample(1020.0)
+        replica.link.data_received(link.pack(0, STATUS_DRIFT, 0, msgpack.packb(
+            {**summary, "drifting": False, "inputs": {**group, "features": {"x[0]": calm, "x[1]": calm}}})))
+        d = s.control.drift("fraud").versions["1"]
+        assert d["since"] is None and d["inputs"]["features"]["x[0]"]["since"] is None  # not drifting now
+        h.sample(1030.0)
+        f = s.control.history("fraud", ["feature_psi"]).versions["1"]["feature_psi"]
+        assert f == {"t": [1010.0, 1020.0, 1030.0], "inputs": {"x[0]": [0.4, 0.4, 0.05], "x[1]": [0.05] * 3},
+                     "outputs": {}}
+        assert s.control.history("fraud", ["feature_psi"]).versions["2"]["feature_psi"] == \
+            {"t": [], "inputs": {}, "outputs": {}}
+        replica.link.data_received(link.pack(0, STATUS_DRIFT, 0, msgpack.packb(summary)))
+        h.sample(1040.0)
+        h.sample(1050.0)
+        d = s.control.drift("fraud").versions["1"]
+        assert d["since"] == 1040.0 and d["inputs"]["features"]["x[0]"]["since"] == 1040.0
+        assert d["inputs"]["features"]["x[1]"]["since"] is None
+        await s.deployments.stop()
+
+    asyncio.run(main())
+
+
+def test_shadow_divergence_is_the_median_relative_difference_of_the_interval(tmp_path):
+    async def main() -> None:
+        s = await started(tmp_path)
+        h, m = s.history, s.metrics
+        h.sample(1000.0)
+        for max_rel in (0.2, 0.25, 0.3, 0.45):  # all inside the (0.1, 0.5] bucket: interpolated, rank 2 of 4
+            m.observe_divergence("fraud", "2", "probabilities", max_rel / 2, max_rel, 1, 1)
+        h.sample(1010.0)
+        for _ in range(3):  # an identical shadow: no difference at all
+            m.observe_divergence("fraud", "2", "probabilities", 0.0, 0.0, 1, 1)
+        h.sample(1020.0)
+        h.sample(1030.0)
+        q = s.control.history("fraud", ["divergence"])
+        assert q.versions["2"]["divergence"] == [pytest.approx(0.1 + 0.4 * 2 / 4), 0.0, None]
+        assert q.versions["1"]["divergence"] == [None, None, None]
         await s.deployments.stop()
 
     asyncio.run(main())

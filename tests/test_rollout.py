@@ -18,7 +18,7 @@ from test_lifecycle import Front, settle
 
 from router import configfile
 from router.config import load_config
-from router.proto.errors import ConfigError, DeployFailed, NotFound, VersionInUse
+from router.proto.errors import ConfigError, DeployFailed, NoPreviousPool, NotFound, VersionInUse
 from router.server import Server
 
 CONFIG = "# ops notes: keep this comment\n" + IN_PROCESS + """
@@ -326,6 +326,9 @@ def test_the_listing_says_where_each_version_is_and_what_it_weighs(tmp_path):
         deploy = asyncio.ensure_future(s.control.rollout("fraud", "4", percent=50))
         await settle(lambda: any(p.name == "fraud" and "4" in p.versions for p in s.routing.pools))
         assert states(await s.control.versions("fraud"))["4"] == "standby"
+        (status,) = s.control.status().models
+        assert status["standby"]["versions"] == ["1", "2", "3", "4"] and status["standby"]["live"] < \
+            status["standby"]["workers"] == 4  # the warm-up's progress: 4 is held
         # A removal waits for the deploy (one change at a time), then finds the version serving.
         remove = asyncio.ensure_future(s.control.remove("fraud", "4"))
         await asyncio.sleep(0.01)
@@ -339,6 +342,33 @@ def test_the_listing_says_where_each_version_is_and_what_it_weighs(tmp_path):
         assert states(listing)["4"] == "serving"
         await s.control.drop("fraud", "3")
         assert states(await s.control.versions("fraud"))["3"] == "previous"
+        (status,) = s.control.status().models
+        assert status["standby"] is None and 299 < status["previous"]["expires_in_s"] <= 300
+        await s.deployments.stop()
+
+    run(main())
+
+
+def test_a_released_previous_pool_stops_at_once_and_its_versions_can_be_removed(tmp_path):
+    async def main() -> None:
+        s, _ = await started(tmp_path)
+        await s.control.rollout("fraud", "3", percent=10)
+        await s.control.rollback("fraud")  # 3 is now held by the previous pool alone
+        with pytest.raises(VersionInUse, match="previous"):
+            await s.control.remove("fraud", "3")
+        released = await s.control.release("fraud")
+        assert (released.pool, released.versions) == ("green", ["1", "2", "3"])
+        (status,) = s.control.status().models
+        assert status["previous"] is None
+        with pytest.raises(NoPreviousPool):
+            await s.control.rollback("fraud")
+        await settle(lambda: not s.deployments.stopping)
+        assert (await s.control.remove("fraud", "3")).version == "3"
+        assert not (tmp_path / "store/fraud/3").exists()
+        with pytest.raises(NoPreviousPool, match="no previous pool kept warm to release"):
+            await s.control.release("fraud")
+        assert [(e["action"], e["result"]) for e in s.control.audit_trail(limit=3).entries] == [
+            ("release", "refused"), ("remove", "ok"), ("rollback", "refused")]
         await s.deployments.stop()
 
     run(main())
