@@ -14,7 +14,7 @@ PYX  := $(wildcard ext/*.pyx)
 SO   := $(patsubst ext/%.pyx,router/%_c.stamp,$(PYX))
 DEMO := model-store/fraud/1/model.pt
 
-.PHONY: run test tools build demo lint bench bench-smoke fuzz clean
+.PHONY: run test tools build ui demo lint bench bench-smoke fuzz clean
 
 run: build demo
 	$(PY) -m router serve --config $(CONFIG)
@@ -27,15 +27,35 @@ test: build tools
 	# holds each extension against its twin, and the daemon tests whose requests go through them.
 	ROUTER_NO_EXTENSIONS=1 $(PY) -m pytest -q -m "not daemon or twins"
 
-build: $(STAMP) $(SO)
+build: $(STAMP) $(SO) ui
+
+# The web UI (ui/): npm ci from the lockfile, then esbuild bundles it into router/ui_dist/, which the daemon
+# serves at /ui/ (Node.js is needed to build it, never to serve it). Rebuilt only when a source changed.
+UI_DEPS  := ui/node_modules/.installed
+UI_BUILT := router/ui_dist/.built
+UI_SRC   := ui/build.mjs $(wildcard ui/src/*)
+
+ui: $(UI_BUILT)
+
+$(UI_DEPS): ui/package.json ui/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: the web UI needs Node.js 20 and npm to build (apt-get install nodejs npm)"; exit 1; }
+	cd ui && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(UI_BUILT): $(UI_DEPS) $(UI_SRC)
+	cd ui && node build.mjs
+	touch $@
 
 # System tools the tests run: prometheus and promtool (tests/test_monitoring.py), from Debian's prometheus
-# package, installed only when missing. Where apt-get cannot install them the build goes on, and those
-# tests fail saying what is missing.
+# package, and Debian's chromium (tests/test_ui.py drives it with Playwright), installed only when missing.
+# Where apt-get cannot install them the build goes on, and those tests fail saying what is missing.
 tools:
 	@command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 \
 		&& (apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus) >/dev/null 2>&1; } \
 		|| echo "warning: could not install prometheus (apt-get install prometheus): tests/test_monitoring.py will fail"
+	@test -x /usr/bin/chromium || { command -v apt-get >/dev/null 2>&1 \
+		&& (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium) >/dev/null 2>&1; } \
+		|| echo "warning: could not install chromium (apt-get install chromium): tests/test_ui.py will fail"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)

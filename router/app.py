@@ -21,7 +21,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import oip
+from . import oip, ui
 from .lifecycle import Exchange
 from .limits import Listener, Timeouts
 from .proto.errors import BadRequest, InferenceError, PayloadTooLarge, RequestTimeout, shown
@@ -251,4 +251,5 @@ def make_app(lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegi
         r.add_post(base + "/infer", h.infer)
     r.add_get("/metrics", h.metrics_endpoint)
     app.add_subapp("/admin/", admin)
+    ui.add_routes(app)  # the web UI's built files (router/ui.py)
     return app
