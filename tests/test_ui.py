@@ -2,12 +2,15 @@
 
 The serving tests run in process against a stand-in build. The browser test drives Debian's
 headless Chromium with Playwright against a real daemon behind an admin token, through the whole
-way a data scientist goes: sign in, push a model (dropped on the page), deploy it at 10 %, move its
-slider to 50 %, add a shadow, watch the shadow's agreement appear in its chart while traffic flows,
-roll back, take the version out of service and retire a stored one. After each step it checks the
-daemon's state through the admin API, not only the page; a screenshot of each page goes to
-``build/ui-screenshots/``; axe-core, injected into each page, must find no serious or critical
-accessibility violation, in the light theme and the dark one.
+way a data scientist goes: sign in, push a model (dropped on the page), deploy it at 10 % (the
+standby pool's warm-up shows), move its slider to 50 %, add a shadow, watch the shadow's agreement
+and divergence and the drift per feature appear in their charts while traffic flows, roll back,
+take the version out of service, release the previous pool that keeps it and delete it from the
+store. Then the read-only view without a token: the overview and the model page show the data the
+API answers anyone, no control that changes something, and the sections that need the token say
+so. After each step it checks the daemon's state through the admin API, not only the page; a
+screenshot of each page goes to ``build/ui-screenshots/``; axe-core, injected into each page, must
+find no serious or critical accessibility violation, in the light theme and the dark one.
 """
 
 from __future__ import annotations
@@ -114,12 +117,14 @@ def fraud_v3(path: Path) -> bytes:
 
 @pytest.fixture
 def daemon(tmp_path: Path, store: Path) -> Iterator[Daemon]:
-    """fraud v1 alone serving, behind a token; v2 stored but not deployed; history every second."""
+    """fraud v1 alone serving, behind a token; v2 stored but not deployed; history every second; drift
+    judged from a few rows (a version without a reference sample takes its first 50 live rows)."""
     shutil.copytree(store, tmp_path / "store")  # the test pushes into it and deletes from it
     config = tmp_path / "config.toml"
     config.write_text("[server]\nhistory_interval_s = 1\n\n"
                       f"[store]\npath = {json.dumps(str(tmp_path / 'store'))}\n\n"
                       '[[models]]\nname = "fraud"\nrouting_key = "x-user-id"\n'
+                      '  [models.drift]\n  reference_rows = 50\n  min_window = 20\n'
                       '  [[models.versions]]\n  version = "1"\n  weight = 100\n')
     d = Daemon(config, free_port(), free_port(), {**os.environ, "ROUTER_ADMIN_TOKEN": TOKEN})
     try:
@@ -171,7 +176,8 @@ class Traffic:
 
 
 def chart_points(page: Any, series: str) -> dict[str, int]:
-    """Per version, how many points of ``series`` the chart draws (its ``data-points``)."""
+    """Per version (per feature for ``feature_psi``), how many points of ``series`` the chart draws
+    (its ``data-points``)."""
     text = page.locator(f"figure[data-series={series}]").get_attribute("data-points") or ""
     return {v: int(n) for v, n in (item.split("=") for item in text.split())}
 
@@ -190,7 +196,7 @@ def check_accessibility(page: Any, what: str) -> None:
     assert not bad, f"{what}: accessibility violations:\n" + "\n".join(bad)
 
 
-@pytest.mark.timeout(300)  # about a minute: three blue-green deploys and a push, each starting workers
+@pytest.mark.timeout(300)  # under a minute: three blue-green deploys and a push, each starting workers
 def test_a_data_scientist_deploys_steers_watches_and_rolls_back(daemon: Daemon, tmp_path: Path) -> None:
     pytest.importorskip("playwright")
     from playwright.sync_api import expect, sync_playwright
@@ -219,12 +225,21 @@ def test_a_data_scientist_deploys_steers_watches_and_rolls_back(daemon: Daemon, 
 
             _walk(page, d, archive, shot, expect)
             assert not errors, errors
+
+            # A second visitor, in a tab of their own, with no token at all.
+            viewer = browser.new_context(viewport={"width": 1280, "height": 900}, color_scheme="light").new_page()
+            viewer.set_default_timeout(WAIT_MS)
+            viewer.on("pageerror", lambda e: errors.append(str(e)))
+            _read_only_without_token(viewer, d, lambda name: viewer.screenshot(path=str(SHOTS / f"{name}.png"),
+                                                                               full_page=True), expect)
+            assert not errors, errors
         finally:
             browser.close()
 
 
 def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], expect: Any) -> None:
-    # Sign in: a wrong token gets the API's own refusal; the right one is kept for the tab.
+    # Sign in: a wrong token gets the API's own refusal (the check is a call that needs the token); the
+    # right one is kept for the tab.
     page.goto(d.url + "/ui/")
     expect(page.get_by_role("heading", name="Sign in to model-router")).to_be_visible()
     check_accessibility(page, "sign-in")
@@ -269,17 +284,26 @@ def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], exp
     expect(page.locator("table.versions").get_by_role("row", name=re.compile(r"^v3 "))).to_contain_text("stored only")
     shot("03-pushed")
 
-    # Deploy v3 at 10 %: blue-green, the blue pool stays warm for a rollback.
+    # Deploy v3 at 10 %: blue-green; the standby pool's warm-up shows while its workers start, then the
+    # blue pool stays warm for a rollback, with its time left.
+    bluegreen = page.locator("#bluegreen")
     deploy = page.locator("form.deploy")
     deploy.get_by_label("Version").select_option("3")
     deploy.get_by_label("Share of live traffic (%)").check()
     deploy.get_by_label("Amount").fill("10")
     deploy.get_by_role("button", name="Roll out").click()
+    expect(bluegreen).to_contain_text("Deploy in progress: the green pool (versions v1, v3) is warming up")
+    expect(bluegreen.get_by_role("progressbar", name=re.compile(r"^Warm-up of the green pool"))).to_be_visible()
+    bluegreen.screenshot(path=str(SHOTS / "04-warming-up.png"))
     expect(outcome(page, "deploy")).to_contain_text("v3: deployed blue-green")
     status = fraud_status(d)
-    assert status["weights"] == {"1": 90, "3": 10} and status["pool"] == "green"
-    assert status["previous"] == {"pool": "blue", "versions": ["1"]}
-    expect(page.locator("#bluegreen")).to_contain_text("Previous pool: blue (versions v1)")
+    assert status["weights"] == {"1": 90, "3": 10} and status["pool"] == "green" and status["standby"] is None
+    previous = status["previous"]
+    assert previous["pool"] == "blue" and previous["versions"] == ["1"] and 0 < previous["expires_in_s"] <= 300
+    expect(bluegreen).to_contain_text(re.compile(r"Previous pool: blue \(versions v1\), kept warm for a rollback "
+                                                 r"for another \d+ min \d\d s"))
+    expect(bluegreen).to_contain_text("No standby pool: no deploy in progress.")
+    expect(bluegreen.get_by_role("button", name="Release previous pool")).to_be_visible()
     shot("04-deployed-10")
 
     # Its slider to 50 %, the last step by keyboard; v1 follows so the shares add up; the preview shows it.
@@ -307,22 +331,45 @@ def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], exp
     expect(outcome(page, "deploy")).to_contain_text("v2: deployed blue-green")
     traffic = admin(d, "GET", "/admin/models/fraud/traffic")
     assert traffic["shadow"] == {"2": 1} and traffic["weights"] == {"1": 50, "3": 50, "2": 0}
-    assert fraud_status(d)["previous"] == {"pool": "green", "versions": ["1", "3"]}
+    previous = fraud_status(d)["previous"]
+    assert previous["pool"] == "green" and previous["versions"] == ["1", "3"]
     expect(page.get_by_label("Role of v2")).to_have_value("shadow")
 
-    # Traffic flows; the shadow's agreement with the live answers appears in its chart.
+    # Traffic flows: the shadow's agreement with the live answers and its divergence from them appear in
+    # their charts, and so does each feature's drift (v3's reference sample is nothing like the callers'
+    # rows: it drifts, and the drift view says since when).
     with Traffic(d):
-        expect(page.locator("figure[data-series=agreement]")).to_have_attribute(
-            "data-points", re.compile(r"\b2=[1-9]"), timeout=WAIT_MS)
-    points = admin(d, "GET", "/admin/models/fraud/history?series=agreement&since=-3600")["versions"]["2"]
-    assert any(a is not None for a in points["agreement"])
-    assert chart_points(page, "agreement")["2"] >= 1
+        for series in ("agreement", "divergence"):
+            expect(page.locator(f"figure[data-series={series}]")).to_have_attribute(
+                "data-points", re.compile(r"\b2=[1-9]"))
+        features = page.locator("figure[data-series=feature_psi]")
+        expect(features).to_have_attribute("data-points", re.compile(r"=[1-9]"))
+        expect(page.locator("#drift .drift-version", has=page.get_by_role("heading", name=re.compile(r"^v3 ")))
+               ).to_contain_text(re.compile(r"drifting since \d\d:\d\d:\d\d"))
+    history = admin(d, "GET", "/admin/models/fraud/history?series=agreement,divergence,feature_psi&since=-3600")
+    shadow = history["versions"]["2"]
+    assert any(a is not None for a in shadow["agreement"]) and any(x is not None for x in shadow["divergence"])
+    assert chart_points(page, "agreement")["2"] >= 1 and chart_points(page, "divergence")["2"] >= 1
     expect(page.locator("figure[data-series=agreement] .chart-summary")).to_contain_text(re.compile(r"v2: \d"))
+    # Drift per feature: one version's features, at most eight lines (fraud has ten features), each a
+    # feature the API reports for that version.
+    shown = features.get_attribute("data-version")
+    reported = history["versions"][shown]["feature_psi"]
+    names = {f"{io}/{n}" for io in ("inputs", "outputs") for n in reported[io]}
+    lines = chart_points(page, "feature_psi")
+    assert len(names) == 10 and len(lines) == 8 and set(lines) <= names, (lines, names)
+    expect(features.locator(".u-legend .u-series")).to_have_count(1 + 8)  # the time, then the lines
+    expect(features.locator(".chart-summary")).to_contain_text(f"v{shown}, highest PSI now — ")
+    drift = d.call("GET", "/admin/models/fraud/drift")[1]
+    assert drift["versions"]["3"]["drifting"] and drift["versions"]["3"]["since"] is not None
     predlog_status, predlog = d.call("GET", "/admin/models/fraud/predlog", headers=AUTH)
     if predlog_status == 200:  # where the router has the endpoint, the page says where the log is
         expect(page.locator("#predlog")).to_contain_text(predlog["path"])
     check_accessibility(page, "model detail")
     shot("06-agreement")
+    # The top of the model page, as the README shows it.
+    page.screenshot(path=str(SHOTS / "06-model-page-top.png"), full_page=True,
+                    clip={"x": 0, "y": 0, "width": 1280, "height": 1320})
     page.emulate_media(color_scheme="dark")
     page.wait_for_timeout(300)  # the charts redraw in the dark theme's colours
     check_accessibility(page, "model detail, dark theme")
@@ -331,10 +378,10 @@ def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], exp
 
     # Roll back: the green pool (v1 and v3 at 50/50, no shadow) serves again, in one swap.
     page.get_by_role("button", name="Roll back to the green pool").click()
-    expect(outcome(page, "rollback")).to_contain_text("The green pool is active again")
+    expect(outcome(page, "bluegreen")).to_contain_text("The green pool is active again")
     status = fraud_status(d)
     assert status["pool"] == "green" and status["weights"] == {"1": 50, "3": 50} and status["shadow"] == {}
-    assert status["previous"] == {"pool": "blue", "versions": ["1", "3", "2"]}
+    assert status["previous"]["pool"] == "blue" and status["previous"]["versions"] == ["1", "3", "2"]
     shot("08-rolled-back")
 
     # Retire v3: out of the active set (a deploy of v1 alone); while the previous pool keeps it warm the
@@ -348,13 +395,22 @@ def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], exp
     refused = outcome(page, "versions")
     expect(refused).to_have_attribute("role", "alert")
     expect(refused).to_contain_text("Refused — 409: model 'fraud' version '3' is kept warm in the previous (green) "
-                                  "pool for a rollback for another")
+                                    "pool for a rollback for another")
     assert "3" in states(d)
-    # v2, the shadow the rollback took out and no pool holds any more, leaves the store.
-    versions.get_by_role("button", name="Delete from store v2").click()
-    expect(outcome(page, "versions")).to_contain_text("Deleted v2 from the store")
-    assert states(d) == {"1": "serving", "3": "previous"}
-    expect(page.locator("table.versions").get_by_role("row", name=re.compile(r"^v2 "))).to_have_count(0)
+    # Release the previous pool now: no rollback to it, and v3, which only it held, can go.
+    expect(bluegreen).to_contain_text("Previous pool: green (versions v1, v3)")
+    bluegreen.get_by_role("button", name="Release previous pool").click()
+    expect(outcome(page, "bluegreen")).to_contain_text("Released the green pool (versions v1, v3)")
+    assert fraud_status(d)["previous"] is None
+    expect(bluegreen).to_contain_text("No previous pool is warm: nothing to roll back to.")
+    expect(bluegreen.get_by_role("button", name="Release previous pool")).to_have_count(0)
+    v3_row = page.locator("table.versions").get_by_role("row", name=re.compile(r"^v3 "))
+    expect(v3_row).to_contain_text("stored only")  # its workers have stopped
+    versions.get_by_role("button", name="Delete from store v3").click()
+    expect(outcome(page, "versions")).to_contain_text("Deleted v3 from the store")
+    assert states(d) == {"1": "serving", "2": "stored"}
+    assert fraud_status(d)["previous"] is None
+    expect(v3_row).to_have_count(0)
     shot("09-retired")
 
     # The page in a narrow window, and the audit trail.
@@ -366,18 +422,16 @@ def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], exp
     page.set_viewport_size({"width": 1280, "height": 900})
     page.get_by_role("link", name="Audit trail").click()
     expect(page.get_by_role("heading", name="Audit trail", level=1)).to_be_visible()
-    status_code, audit = d.call("GET", "/admin/audit?limit=50", headers=AUTH)
-    if status_code == 200:  # where the router keeps one, the page shows who rolled out what
-        assert any(e["who"] == "ada@127.0.0.1" and e["action"] == "rollout" and e["version"] == "3"
-                   for e in audit["entries"]), audit
-        expect(page.locator("table.audit").get_by_role("row", name=re.compile(r"ada@127\.0\.0\.1 rollout fraud v3")
-                                                      ).first).to_contain_text("ok")
-    else:
-        expect(page.get_by_text("This router does not keep an audit trail.")).to_be_visible()
+    audit = admin(d, "GET", "/admin/audit?limit=50")["entries"]
+    for action in ("rollout", "release", "remove"):
+        assert any(e["who"] == "ada@127.0.0.1" and e["action"] == action and e["result"] == "ok" for e in audit), audit
+    table = page.locator("table.audit")
+    expect(table.get_by_role("row", name=re.compile(r"ada@127\.0\.0\.1 rollout fraud v3")).first).to_contain_text("ok")
+    expect(table.get_by_role("row", name=re.compile(r"ada@127\.0\.0\.1 release fraud")).first).to_contain_text("ok")
     check_accessibility(page, "audit trail")
     shot("11-audit")
 
-    # Signing out forgets the token; a read-only sign-in shows everything and offers no change.
+    # Signing out forgets the token; a read-only sign-in with it shows everything and offers no change.
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in to model-router")).to_be_visible()
     assert page.evaluate("sessionStorage.getItem('model-router.admin-token')") is None
@@ -386,7 +440,48 @@ def _walk(page: Any, d: Daemon, archive: bytes, shot: Callable[[str], None], exp
     page.get_by_role("button", name="Sign in").click()
     page.get_by_role("link", name="fraud").click()
     expect(page.get_by_label("Share of live traffic for v1")).to_be_disabled()
-    expect(page.locator("table.versions")).to_contain_text("v3")
-    for name in ("Apply traffic change", "Roll out", "Push", "Take out of service v1", "Roll back to the green pool"):
+    expect(page.locator("table.versions")).to_contain_text("v2")
+    for name in ("Apply traffic change", "Roll out", "Push", "Take out of service v1", "Delete from store v2"):
         expect(page.get_by_role("button", name=name)).to_have_count(0)
     shot("12-read-only")
+
+
+def _read_only_without_token(page: Any, d: Daemon, shot: Callable[[str], None], expect: Any) -> None:
+    """The view that needs no token, on a router that has one: what the API answers anyone, and no more."""
+    page.goto(d.url + "/ui/")
+    page.get_by_role("button", name="View read-only").click()  # its check of the token-only reads gets a 401
+    expect(page.get_by_role("heading", name="Models", level=1)).to_be_visible()
+    refused: list[str] = []
+    page.on("response", lambda r: refused.append(f"{r.status} {r.url}") if r.status in (401, 403) else None)
+    assert page.evaluate("sessionStorage.getItem('model-router.admin-token')") is None
+    expect(page.locator("#banner")).to_contain_text("Read-only view without the admin token")
+    card = page.locator("article", has=page.get_by_role("heading", name="fraud"))
+    expect(card.get_by_role("row", name=re.compile(r"^v1 "))).to_contain_text("100.0 % (weight 50)")
+    expect(card).to_contain_text("1/1 live")
+    nav = page.get_by_role("navigation", name="Main")
+    expect(nav.get_by_role("link", name="Audit trail")).to_have_count(0)
+    expect(nav.get_by_role("button", name="Sign in")).to_be_visible()
+    check_accessibility(page, "overview without a token")
+    shot("13-no-token-overview")
+
+    page.get_by_role("link", name="fraud").click()
+    expect(page.get_by_role("heading", name="fraud", level=1)).to_be_visible()
+    expect(page.locator("#bluegreen")).to_contain_text("Active pool: blue, serving versions v1.")
+    expect(page.get_by_label("Share of live traffic for v1")).to_be_disabled()
+    expect(page.get_by_label("Share of live traffic for v1")).to_have_value("100")
+    expect(page.locator("figure[data-series=rate]")).to_have_attribute("data-points", re.compile(r"\b1=[1-9]"))
+    expect(page.locator("figure[data-series=feature_psi]")).to_have_attribute("data-points", re.compile(r"=[1-9]"))
+    expect(page.locator("#drift .drift-version", has=page.get_by_role("heading", name=re.compile(r"^v1 ")))
+           ).to_contain_text("Window of")
+    for section in ("#versions", "#predlog", "#audit"):
+        expect(page.locator(section)).to_contain_text("Needs signing in")
+    expect(page.locator("#push")).to_have_count(0)
+    expect(page.locator("table.versions")).to_have_count(0)
+    for name in ("Apply traffic change", "Roll out", "Push", "Release previous pool", "Take out of service v1",
+                 "Delete from store v2"):
+        expect(page.get_by_role("button", name=name)).to_have_count(0)
+    expect(page.get_by_role("button", name=re.compile(r"^Roll back"))).to_have_count(0)
+    check_accessibility(page, "model detail without a token")
+    shot("14-no-token-model")
+    # The page asked only for what the API answers anyone: nothing was refused.
+    assert not refused, refused

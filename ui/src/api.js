@@ -4,6 +4,7 @@
 
 const KEY = "model-router.admin-token";
 const MODE = "model-router.read-only";
+const ACCESS = "model-router.access";
 const USER = "model-router.user";
 
 export const auth = {
@@ -13,20 +14,29 @@ export const auth = {
   get readOnly() {
     return sessionStorage.getItem(MODE) === "1";
   },
+  /**
+   * True in the view without a token: only the reads the admin API answers anyone (status, traffic,
+   * history, drift) are made; the store's versions, the prediction log and the audit trail are not.
+   */
+  get publicOnly() {
+    return sessionStorage.getItem(ACCESS) === "public";
+  },
   /** The name the audit trail records beside the caller's address (X-Router-User); not a credential. */
   get user() {
     return sessionStorage.getItem(USER);
   },
-  signIn(token, readOnly, user) {
+  signIn(token, readOnly, user, publicOnly = false) {
     if (token) sessionStorage.setItem(KEY, token);
     else sessionStorage.removeItem(KEY);
     if (user) sessionStorage.setItem(USER, user);
     else sessionStorage.removeItem(USER);
-    sessionStorage.setItem(MODE, readOnly ? "1" : "0");
+    sessionStorage.setItem(MODE, readOnly || publicOnly ? "1" : "0");
+    sessionStorage.setItem(ACCESS, publicOnly ? "public" : "admin");
   },
   signOut() {
     sessionStorage.removeItem(KEY);
     sessionStorage.removeItem(MODE);
+    sessionStorage.removeItem(ACCESS);
     sessionStorage.removeItem(USER);
   },
   get signedIn() {

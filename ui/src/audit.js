@@ -3,7 +3,7 @@
 import { optional, enc } from "./api.js";
 import { fill, h, newId, setText, syncRows } from "./dom.js";
 import { fmtTime } from "./format.js";
-import { Outcome, badge, scrollTable } from "./ui.js";
+import { Outcome, badge, needsToken, scrollTable } from "./ui.js";
 
 export class AuditTable {
   constructor(caption) {
@@ -63,9 +63,14 @@ export class AuditPage {
         h("div", { class: "field" }, h("label", { for: mid }, "Model"), this.model),
         h("div", { class: "field" }, h("label", { for: lid }, "Entries"), this.limit)),
       this.outcome.el, this.missing, this.table.el);
+    if (ctx.publicOnly) {
+      // Reached by its address in the view without the token: say what it needs instead of a refusal.
+      this.el.replaceChildren(this.el.firstChild, needsToken("the audit trail is shown"));
+    }
   }
 
   async refresh() {
+    if (this.ctx.publicOnly) return;
     const a = await fetchAudit(this.model.value.trim(), this.limit.value);
     this.outcome.clear();
     this.missing.hidden = a !== null;

@@ -1,11 +1,11 @@
 // Data drift per version (GET /admin/models/{m}/drift): which features drift from the version's
-// reference sample, and by how much (PSI, Jensen-Shannon, Kolmogorov-Smirnov).
+// reference sample, by how much (PSI, Jensen-Shannon, Kolmogorov-Smirnov), and since when.
 import { fill, h, setText, syncRows } from "./dom.js";
-import { fmtNum } from "./format.js";
+import { fmtNum, fmtSince } from "./format.js";
 import { badge, scrollTable } from "./ui.js";
 
 function state(f, judged) {
-  if (f.drifting) return ["drifting", "bad"];
+  if (f.drifting) return [f.since ? `drifting since ${fmtSince(f.since)}` : "drifting", "bad"];
   if (f.warning) return ["warning", "warn"];
   return judged ? ["ok", "good"] : ["too few rows to judge", ""];
 }
@@ -46,7 +46,6 @@ export class DriftPanel {
         el._table.hidden = true;
         return;
       }
-      el._table.hidden = false;
       // Below min_window rows the workers judge nothing (docs/monitoring.md): no flag is not "ok" yet.
       const judged = s.inputs.window >= d.thresholds.min_window;
       const [word, kind] = state(s, judged);
@@ -58,6 +57,7 @@ export class DriftPanel {
         for (const [name, f] of Object.entries(s[group].features)) feats.push({ name: `${group === "inputs" ? "in" : "out"}: ${name}`, ...f });
       }
       feats.sort((a, b) => (b.psi ?? -1) - (a.psi ?? -1));
+      el._table.hidden = feats.length === 0;  // no feature until the reference is complete
       syncRows(el._rows, feats, (f) => f.name, () => h("tr", {}, h("th", { scope: "row" }),
         h("td", { class: "num" }), h("td", { class: "num" }), h("td", { class: "num" }), h("td")), (row, f) => {
         const c = row.children;

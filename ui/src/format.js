@@ -46,3 +46,20 @@ export function fmtTime(unixSeconds) {
 export function latest(values) {
   return values && values.length ? values[values.length - 1] : null;
 }
+
+/** A span of seconds as people say it: "45 s", "4 min 52 s", "1 h 05 min". */
+export function fmtDuration(s) {
+  if (s === null || s === undefined || Number.isNaN(s)) return "–";
+  const n = Math.max(0, Math.round(s));
+  if (n < 60) return `${n} s`;
+  if (n < 3600) return `${Math.floor(n / 60)} min ${String(n % 60).padStart(2, "0")} s`;
+  return `${Math.floor(n / 3600)} h ${String(Math.floor((n % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+/** A moment of today by its time alone, an earlier one with its date. */
+export function fmtSince(unixSeconds) {
+  if (!unixSeconds) return "–";
+  const d = new Date(unixSeconds * 1000);
+  if (d.toDateString() === new Date().toDateString()) return d.toLocaleTimeString("en-GB");
+  return fmtTime(unixSeconds);
+}

@@ -32,13 +32,19 @@ function renderNav(current) {
     fill(banner);
     return;
   }
+  // Without the token the audit trail cannot be read: no link to it, and "Sign in" instead of "Sign out".
   fill(nav,
     link("#/", "Models", "overview"),
-    link("#/audit", "Audit trail", "audit"),
-    h("button", { type: "button", class: "link", onclick: signOut }, "Sign out"));
-  fill(banner, auth.readOnly
-    ? h("p", { class: "readonly-banner" }, "Read-only view: every control that changes something is hidden.")
-    : null);
+    auth.publicOnly ? null : link("#/audit", "Audit trail", "audit"),
+    h("button", { type: "button", class: "link", onclick: signOut }, auth.publicOnly ? "Sign in" : "Sign out"));
+  let words = null;
+  if (auth.publicOnly) {
+    words = "Read-only view without the admin token: models, traffic, charts and drift. The stored versions, "
+      + "the prediction log, the audit trail and every change need signing in.";
+  } else if (auth.readOnly) {
+    words = "Read-only view: every control that changes something is hidden.";
+  }
+  fill(banner, words ? h("p", { class: "readonly-banner" }, words) : null);
 }
 
 /** Go to the overview (or, signed out, the sign-in page): one show() whether or not the hash changes. */
@@ -55,6 +61,10 @@ function signOut() {
 const ctx = {
   get readOnly() {
     return auth.readOnly;
+  },
+  /** No token: only the reads the API answers anyone; the sections that need one say so. */
+  get publicOnly() {
+    return auth.publicOnly;
   },
   /** An answer that says the sign-in no longer holds (401, 403 with a token) leads back to it. */
   authFailed(err) {

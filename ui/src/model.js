@@ -1,28 +1,37 @@
-// One model: blue-green status and rollback, traffic, charts over time, versions (roll out, take out,
-// delete), push, drift, prediction log and audit trail. Each number comes from one admin API answer.
+// One model: blue-green status (a deploy's warm-up, the previous pool's time left, rollback, release),
+// traffic, charts over time, versions (roll out, take out, delete), push, drift, prediction log and audit
+// trail. Each number comes from one admin API answer. Without the token (the read-only view) only the
+// status, traffic, history and drift are read; the other sections say that they need signing in.
 import { ApiError, api, enc, optional } from "./api.js";
 import { AuditTable, fetchAudit } from "./audit.js";
-import { SeriesChart } from "./charts.js";
+import { FeatureChart, Palette, SeriesChart } from "./charts.js";
 import { fill, h, newId, setText } from "./dom.js";
 import { DriftPanel } from "./drift.js";
-import { fmtBytes, fmtNum, fmtPct, fmtRate, fmtSeconds } from "./format.js";
+import { fmtBytes, fmtDuration, fmtNum, fmtPct, fmtRate, fmtSeconds } from "./format.js";
 import { PushPanel } from "./push.js";
 import { TrafficEditor } from "./traffic.js";
-import { Outcome, badge, section, setBadge } from "./ui.js";
+import { Outcome, badge, needsToken, section, setBadge } from "./ui.js";
 import { VersionsPanel } from "./versions.js";
 
 const RANGES = [[300, "5 minutes"], [900, "15 minutes"], [3600, "1 hour"], [21600, "6 hours"]];
+// In pairs, as the grid shows them side by side in a wide window: latency, volume and errors, the
+// shadow's agreement and divergence, drift overall and per feature, then the workers.
 const CHARTS = [
   { series: "p50", title: "Latency p50", fmt: fmtSeconds },
   { series: "p99", title: "Latency p99", fmt: fmtSeconds },
   { series: "rate", title: "Requests per second", fmt: (v) => fmtRate(v) },
-  { series: "share", title: "Share of live traffic", fmt: (v) => fmtPct(v, 0), max: 1 },
   { series: "error_rate", title: "Errors (fraction answered 5xx)", fmt: (v) => fmtPct(v, 1) },
   { series: "agreement", title: "Shadow agreement with the live answer", fmt: (v) => fmtPct(v, 1), max: 1 },
+  { series: "divergence", title: "Shadow divergence (median relative difference from the live answer)",
+    fmt: (v) => fmtPct(v, 1) },
   { series: "drift_psi", title: "Drift: largest PSI of an input feature", fmt: (v) => fmtNum(v) },
+  { series: "feature_psi", title: "Drift per feature (PSI)", fmt: (v) => fmtNum(v), features: true },
+  { series: "share", title: "Share of live traffic", fmt: (v) => fmtPct(v, 0), max: 1 },
   { series: "cpu", title: "Worker CPU (cores)", fmt: (v) => fmtNum(v) },
   { series: "memory", title: "Worker memory (resident)", fmt: (v) => fmtBytes(v) },
 ];
+
+const vlist = (versions) => versions.map((v) => `v${v}`).join(", ");
 
 function byVersion(a, b) {
   return a.localeCompare(b, "en", { numeric: true });
@@ -38,26 +47,34 @@ export class ModelPage {
     this.historyAt = 0;
     this.historyEvery = 2000;
     const changed = () => this.refresh(true);
+    this.palette = new Palette();
 
     // Blue-green
     this.pool = h("p", { class: "pool-line" });
     this.standby = h("p", { class: "pool-line standby", "aria-live": "polite" });
+    this.warmup = h("progress", { class: "warmup", max: "1", value: "0", hidden: true });
     this.prev = h("p", { class: "pool-line" });
-    this.rollbackOutcome = new Outcome("rollback");
-    this.rollback = h("button", { type: "button", class: "primary", hidden: true, onclick: () => this.doRollback() },
-      "Roll back");
-    const bluegreen = section("Blue-green", "bluegreen", this.pool, this.standby, this.prev,
-      ctx.readOnly ? null : this.rollback, this.rollbackOutcome.el);
+    this.poolOutcome = new Outcome("bluegreen");
+    this.rollback = h("button", { type: "button", class: "primary", onclick: () => this.doRollback() }, "Roll back");
+    this.release = h("button", { type: "button", class: "danger", onclick: () => this.doRelease(),
+      "aria-describedby": "release-help" }, "Release previous pool");
+    this.poolActions = h("div", { class: "actions", hidden: true }, this.rollback, this.release,
+      h("span", { id: "release-help", class: "help" },
+        "Release stops the previous pool now: no rollback to it afterwards, and the versions only it holds can be deleted."));
+    const bluegreen = section("Blue-green", "bluegreen", this.pool,
+      h("div", { class: "standby-row" }, this.standby, this.warmup), this.prev,
+      ctx.readOnly ? null : this.poolActions, this.poolOutcome.el);
 
     // Traffic
     this.traffic = new TrafficEditor(ctx, model);
+    this.traffic.palette = this.palette;
     this.traffic.onChanged = changed;
 
     // Charts
     const rid = newId("range");
     this.range = h("select", { id: rid, name: "range", onchange: () => this.refresh(true) },
       ...RANGES.map(([s, t]) => h("option", { value: String(s), selected: s === 900 }, t)));
-    this.charts = CHARTS.map((c) => new SeriesChart(c));
+    this.charts = CHARTS.map((c) => (c.features ? new FeatureChart(c) : new SeriesChart({ ...c, palette: this.palette })));
     const charts = section("Over time", "charts",
       h("div", { class: "field inline" }, h("label", { for: rid }, "Time range"), this.range),
       h("div", { class: "chart-grid" }, ...this.charts.map((c) => c.el)));
@@ -70,13 +87,17 @@ export class ModelPage {
     this.push.onChanged = changed;
     this.drift = new DriftPanel();
 
-    // Prediction log and audit trail: only where this router answers them.
+    // Prediction log and audit trail: only where this router answers them; without the token they say
+    // that they need it, as the versions do.
+    const locked = ctx.publicOnly;
     this.predlogBody = h("div");
-    this.predlog = section("Prediction log", "predlog", this.predlogBody);
-    this.predlog.hidden = true;
+    this.predlog = section("Prediction log", "predlog",
+      locked ? needsToken("where the prediction log is and what it holds is shown") : this.predlogBody);
+    this.predlog.hidden = !locked;
     this.audit = new AuditTable(`Changes to ${model}, newest first`);
-    this.auditSection = section("Audit trail", "audit", this.audit.el);
-    this.auditSection.hidden = true;
+    this.auditSection = section("Audit trail", "audit",
+      locked ? needsToken("the changes made to this model are shown") : this.audit.el);
+    this.auditSection.hidden = !locked;
 
     const jump = (id, text) => h("a", { href: `#/models/${enc(model)}`, onclick: (e) => {
       e.preventDefault();
@@ -92,7 +113,8 @@ export class ModelPage {
       bluegreen,
       section("Traffic", "traffic", this.traffic.el),
       charts,
-      section("Versions", "versions", this.versions.el),
+      section("Versions", "versions",
+        locked ? needsToken("the stored versions, with their metadata, are shown") : this.versions.el),
       ctx.readOnly ? null : section("Push a version", "push", this.push.el),
       section("Drift", "drift", this.drift.el),
       this.predlog,
@@ -105,22 +127,26 @@ export class ModelPage {
     const status = await api("GET", "/admin/models");
     const entry = status.models.find((x) => x.model === this.model);
     if (!entry) throw new ApiError(404, `unknown model '${this.model}'`, "GET", "/admin/models");
+    const locked = this.ctx.publicOnly;  // no token: only the reads the API answers anyone
     const [listing, drift, predlog, audit] = await Promise.all([
-      api("GET", `/admin/models/${m}/versions`).catch((e) => (e.status === 404 ? null : Promise.reject(e))),
+      locked ? null : api("GET", `/admin/models/${m}/versions`).catch((e) => (e.status === 404 ? null : Promise.reject(e))),
       api("GET", `/admin/models/${m}/drift`),
-      optional(`/admin/models/${m}/predlog`).catch(() => null),
-      fetchAudit(this.model, 20).catch(() => null),
+      locked ? null : optional(`/admin/models/${m}/predlog`).catch(() => null),
+      locked ? null : fetchAudit(this.model, 20).catch(() => null),
     ]);
     this.outcome.clear();
-    setBadge(this.ready, entry.versions.every((v) => v.workers.some((w) => w.live)) ? "all versions live" : "a version has no live worker",
-      entry.versions.every((v) => v.workers.some((w) => w.live)) ? "good" : "bad");
+    const allLive = entry.versions.every((v) => v.workers.some((w) => w.live));
+    setBadge(this.ready, allLive ? "all versions live" : "a version has no live worker", allLive ? "good" : "bad");
     this.showPools(entry, listing);
+    this.palette.see(entry.versions.map((v) => v.version));
     this.traffic.update(entry);
     if (listing) this.versions.update(listing);
     this.drift.update(drift);
-    this.showPredlog(predlog);
-    this.auditSection.hidden = audit === null;
-    if (audit) this.audit.update(audit.entries);
+    if (!locked) {
+      this.showPredlog(predlog);
+      this.auditSection.hidden = audit === null;
+      if (audit) this.audit.update(audit.entries);
+    }
     if (force || Date.now() - this.historyAt >= this.historyEvery) await this.refreshHistory();
   }
 
@@ -130,6 +156,7 @@ export class ModelPage {
     this.historyAt = Date.now();
     this.historyEvery = Math.max(2000, 1000 * hist.interval_s);
     const versions = Object.keys(hist.versions).sort(byVersion);
+    this.palette.see(versions);
     for (const c of this.charts) c.update(hist, versions);
   }
 
@@ -143,20 +170,32 @@ export class ModelPage {
   }
 
   showPools(entry, listing) {
-    setText(this.pool, `Active pool: ${entry.pool}, serving versions ${entry.versions.map((v) => `v${v.version}`).join(", ")}.`);
-    const warming = listing ? listing.versions.filter((v) => v.state === "standby").map((v) => `v${v.version}`) : [];
-    const stopping = listing ? listing.versions.filter((v) => v.state === "stopping").map((v) => `v${v.version}`) : [];
-    setText(this.standby, warming.length ? `A standby pool is warming up: ${warming.join(", ")} (the swap follows when every worker answered its warm-up).`
-      : stopping.length ? `Stopping a pool: ${stopping.join(", ")}.` : "No standby pool: no deploy in progress.");
-    if (entry.previous) {
-      setText(this.prev, `Previous pool: ${entry.previous.pool} (versions ${entry.previous.versions.map((v) => `v${v}`).join(", ")}), `
-        + "kept warm for a rollback.");
-      this.rollback.hidden = false;
-      this.rollback.textContent = `Roll back to the ${entry.previous.pool} pool`;
+    setText(this.pool, `Active pool: ${entry.pool}, serving versions ${vlist(entry.versions.map((v) => v.version))}.`);
+    const sb = entry.standby;
+    const stopping = listing ? listing.versions.filter((v) => v.state === "stopping").map((v) => v.version) : [];
+    if (sb) {
+      // A deploy in progress: its workers load the model, then answer a warm-up request; the swap follows.
+      setText(this.standby, `Deploy in progress: the ${sb.pool} pool (versions ${vlist(sb.versions)}) is warming up, `
+        + `${sb.live} of ${sb.workers} workers live.`);
+      this.warmup.max = Math.max(1, sb.workers);
+      this.warmup.value = sb.live;
+      this.warmup.setAttribute("aria-label", `Warm-up of the ${sb.pool} pool: ${sb.live} of ${sb.workers} workers live`);
+    } else {
+      setText(this.standby, stopping.length ? `No deploy in progress; a pool is stopping (versions ${vlist(stopping)}).`
+        : "No standby pool: no deploy in progress.");
+    }
+    this.warmup.hidden = !sb;
+    const p = entry.previous;
+    if (p) {
+      const left = p.expires_in_s === null || p.expires_in_s === undefined ? ""
+        : ` for another ${fmtDuration(p.expires_in_s)}`;
+      setText(this.prev, `Previous pool: ${p.pool} (versions ${vlist(p.versions)}), kept warm for a rollback${left}.`);
+      setText(this.rollback, `Roll back to the ${p.pool} pool`);
     } else {
       setText(this.prev, "No previous pool is warm: nothing to roll back to.");
-      this.rollback.hidden = true;
     }
+    this.previous = p;
+    this.poolActions.hidden = !p;
   }
 
   showPredlog(p) {
@@ -184,17 +223,33 @@ export class ModelPage {
 
   async doRollback() {
     if (!window.confirm(`Roll ${this.model} back to its previous pool?`)) return;
+    await this.poolAction("Rolling back…", "rollback", (r) => `The ${r.active} pool is active again `
+      + `(versions ${vlist(r.versions)}; swap ${r.swap_us} µs).`);
+  }
+
+  async doRelease() {
+    const p = this.previous;
+    const which = p ? `the previous (${p.pool}) pool of ${this.model}, versions ${vlist(p.versions)}` : "the previous pool";
+    if (!window.confirm(`Stop ${which} now? There is no rollback to it afterwards.`)) return;
+    await this.poolAction("Releasing the previous pool…", "release", (r) => `Released the ${r.pool} pool `
+      + `(versions ${vlist(r.versions)}): it is stopping, and there is no rollback to it from now on. `
+      + "The versions only it held can be deleted once it has stopped.");
+  }
+
+  /** One POST /admin/models/{m}/{action} with {}: its answer (or the API's error) under the buttons. */
+  async poolAction(busy, action, words) {
     this.rollback.disabled = true;
-    this.rollbackOutcome.busy("Rolling back…");
+    this.release.disabled = true;
+    this.poolOutcome.busy(busy);
     try {
-      const r = await api("POST", `/admin/models/${enc(this.model)}/rollback`, {});
-      this.rollbackOutcome.ok(`The ${r.active} pool is active again (versions ${r.versions.map((v) => `v${v}`).join(", ")}; `
-        + `swap ${r.swap_us} µs).`);
+      const r = await api("POST", `/admin/models/${enc(this.model)}/${action}`, {});
+      this.poolOutcome.ok(words(r));
       await this.refresh(true);
     } catch (err) {
-      this.rollbackOutcome.error(err);
+      this.poolOutcome.error(err);
     } finally {
       this.rollback.disabled = false;
+      this.release.disabled = false;
     }
   }
 }

@@ -1,8 +1,9 @@
-// The models overview: every model with its versions, weights, shadows, active pool, health, and the
-// newest point of its request rate, error rate and p99 (GET /admin/models, GET .../history).
+// The models overview: every model with its versions, weights, shadows, active pool, a deploy's warm-up,
+// the previous pool's time left, health, and the newest point of its request rate, error rate and p99
+// (GET /admin/models, GET .../history: both answer without the token).
 import { api, enc } from "./api.js";
 import { fill, h, setText, syncRows } from "./dom.js";
-import { fmtPct, fmtRate, fmtSeconds, latest } from "./format.js";
+import { fmtDuration, fmtPct, fmtRate, fmtSeconds, latest } from "./format.js";
 import { Outcome, badge, setBadge } from "./ui.js";
 
 export function workersText(v) {
@@ -48,11 +49,13 @@ export class OverviewPage {
     const el = h("article", { class: "card model-card", "aria-labelledby": `model-${m.model}` });
     el._pool = h("span", { class: "pool" });
     el._prev = h("span", { class: "pool-prev" });
+    el._standby = h("span", { class: "pool-prev" });
+    el._warmup = h("progress", { class: "warmup", max: "1", value: "0", hidden: true });
     el._rows = h("tbody");
     fill(el,
       h("div", { class: "card-head" },
         h("h2", { id: `model-${m.model}` }, h("a", { href: `#/models/${enc(m.model)}` }, m.model)),
-        el._pool, el._prev),
+        el._pool, el._prev, el._standby, el._warmup),
       h("div", { class: "table-wrap" }, h("table", { class: "data" },
         h("caption", { class: "sr-only" }, `Versions of ${m.model}`),
         h("thead", {}, h("tr", {},
@@ -65,8 +68,18 @@ export class OverviewPage {
 
   update(el, m) {
     setText(el._pool, `${m.pool} pool active`);
-    setText(el._prev, m.previous ? `${m.previous.pool} pool warm for a rollback (versions ${m.previous.versions.join(", ")})`
-      : "no previous pool");
+    const p = m.previous;
+    const left = p && p.expires_in_s !== null && p.expires_in_s !== undefined ? `, ${fmtDuration(p.expires_in_s)} left` : "";
+    setText(el._prev, p ? `${p.pool} pool warm for a rollback (versions ${p.versions.join(", ")}${left})` : "no previous pool");
+    const sb = m.standby;
+    setText(el._standby, sb ? `deploy in progress: ${sb.pool} pool warming up, ${sb.live}/${sb.workers} workers live` : "");
+    el._standby.hidden = !sb;
+    el._warmup.hidden = !sb;
+    if (sb) {
+      el._warmup.max = Math.max(1, sb.workers);
+      el._warmup.value = sb.live;
+      el._warmup.setAttribute("aria-label", `Warm-up of the ${sb.pool} pool of ${m.model}`);
+    }
     const total = Object.values(m.weights).reduce((a, b) => a + b, 0);
     const hist = this.history[m.model];
     syncRows(el._rows, m.versions, (v) => v.version, () => h("tr", {},

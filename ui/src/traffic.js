@@ -17,6 +17,8 @@ export class TrafficEditor {
     this.model = model;
     this.m = null;
     this.draft = null;
+    /** Each version's style (the page's Palette shares it with the charts); by position until set. */
+    this.palette = null;
     this.outcome = new Outcome("traffic");
     this.rows = h("div", { class: "traffic-rows" });
     this.nowBar = h("div", { class: "split-bar", role: "img" });
@@ -140,6 +142,7 @@ export class TrafficEditor {
     const view = this.view();
     const ro = this.ctx.readOnly;
     const order = m.versions.map((v) => v.version);
+    const style = (v) => (this.palette ? this.palette.index(v) : order.indexOf(v));
     syncRows(this.rows, m.versions, (v) => v.version, (v) => this.row(v), (row, v) => {
       const id = v.version;
       const role = view.roles[id];
@@ -158,13 +161,13 @@ export class TrafficEditor {
       row._shadow.setAttribute("aria-valuetext", `${frac} % of live traffic mirrored`);
       row._shadow.disabled = ro;
       setText(row._sout, `${frac} %`);
-      row.style.setProperty("--swatch", versionStyle(order.indexOf(id)).stroke);
+      row.style.setProperty("--swatch", versionStyle(style(id)).stroke);
     });
     const nowView = { roles: rolesOf(m), shares: sharesOf(Object.fromEntries(m.versions
       .filter((v) => !v.shadow).map((v) => [v.version, v.weight]))),
       shadow: Object.fromEntries(m.versions.map((v) => [v.version, v.shadow || 0])) };
-    this.bar(this.nowBar, nowView, order, "now");
-    this.bar(this.afterBar, view, order, "after the change");
+    this.bar(this.nowBar, nowView, order, style, "now");
+    this.bar(this.afterBar, view, order, style, "after the change");
     const body = this.body();
     const changed = Object.keys(body).length > 0;
     this.apply.disabled = ro || !changed || this.pending;
@@ -188,7 +191,7 @@ export class TrafficEditor {
     setText(this.request, changed ? `PUT /admin/models/${this.model}/traffic ${JSON.stringify(body)}` : "none");
   }
 
-  bar(el, view, order, when) {
+  bar(el, view, order, style, when) {
     const parts = order.filter((v) => view.roles[v] === "live" && (view.shares[v] || 0) > 0)
       .map((v) => [v, view.shares[v]]);
     const shadows = order.filter((v) => view.roles[v] === "shadow" && view.shadow[v] > 0);
@@ -197,8 +200,8 @@ export class TrafficEditor {
     el.setAttribute("aria-label", `Split ${when}: ${words || "none"}`);
     syncRows(el, parts, (p) => p[0], () => h("span", { class: "seg" }), (seg, [v, p]) => {
       seg.style.width = `${p}%`;
-      seg.style.setProperty("--swatch", versionStyle(order.indexOf(v)).stroke);
-      seg.dataset.dash = String(order.indexOf(v) % 4);
+      seg.style.setProperty("--swatch", versionStyle(style(v)).stroke);
+      seg.dataset.dash = String(style(v) % 4);
       setText(seg, p >= 15 ? `v${v} ${p}%` : "");
       seg.title = `v${v}: ${p} %`;
     });

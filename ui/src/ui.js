@@ -58,3 +58,11 @@ export function section(title, id, ...children) {
 export function scrollTable(table, label) {
   return h("div", { class: "table-wrap", role: "region", "aria-label": label, tabindex: "0" }, table);
 }
+
+/**
+ * What a section that needs the admin token shows in the view without one: it says so plainly, instead
+ * of an empty table or an error.
+ */
+export function needsToken(what) {
+  return h("p", { class: "needs-token" }, `Needs signing in: ${what} only with the admin token.`);
+}
