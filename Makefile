@@ -84,6 +84,7 @@ bench: build
 	$(PY) -m bench.idle --json bench/out/idle.json
 	$(PY) -m bench.chaos --json bench/out/chaos.json
 	$(PY) -m bench.drift --json bench/out/drift.json
+	$(PY) -m bench.predlog --json bench/out/predlog.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
@@ -96,6 +97,7 @@ bench-smoke: build
 	$(PY) -m bench.deploy --quick --json bench/out/deploy-smoke.json
 	$(PY) -m bench.chaos --quick --json bench/out/chaos-smoke.json
 	$(PY) -m bench.drift --quick --json bench/out/drift-smoke.json
+	$(PY) -m bench.predlog --quick --json bench/out/predlog-smoke.json
 
 # Coverage-guided fuzzing (tests/fuzz/): each target runs FUZZ_SECONDS under atheris, from its corpus
 # in tests/fuzz/corpus/<target>/; then libFuzzer's -merge=1 adds to that corpus only the inputs that reach
@@ -119,4 +121,4 @@ lint: build
 	$(PY) -m mypy
 
 clean:
-	rm -rf build router/*.so router/*.stamp ext/*.c ext/*.html
+	rm -rf build router/*.so router/*.stamp ext/*.c ext/*.html router/ui_dist $(UI_DEPS)

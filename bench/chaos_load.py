@@ -323,7 +323,7 @@ class WireConn:
                 head = await reader.readexactly(4)
                 frame = await reader.readexactly(int.from_bytes(head, "big"))
                 try:
-                    rid, status, version, result = msgpack.unpackb(frame)
+                    rid, status, version, result = msgpack.unpackb(frame)[:4]  # then the generation
                 except Exception as exc:  # msgpack raises several unrelated types on garbage
                     self.tally.fail("tcp", "bad-reply", f"unparsable reply frame: {exc!r}: {frame[:200]!r}")
                     continue

@@ -773,7 +773,7 @@ class Bench:
                 if not chunk:
                     raise BenchError("msgpack probe: connection closed")
                 buf += chunk
-        rid, status, version, result = msgpack.unpackb(buf[4:])
+        rid, status, version, result = msgpack.unpackb(buf[4:])[:4]  # then the generation
         if (rid, status, version) != (42, 200, p.answering_version):
             raise BenchError(f"msgpack probe {p.model}: reply {(rid, status, version, result)!r}")
         data = msgpack_outputs(result["outputs"])[p.output].reshape(-1).tolist()

@@ -81,7 +81,7 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-def check_bind(address: Address | None, token: str | None) -> None:
+def check_bind(address: Address | None, token: str | None, key: str = "server.http") -> None:
     """Refuse an HTTP listener reachable from other hosts when the admin API has no token.
 
     Raises:
@@ -89,7 +89,7 @@ def check_bind(address: Address | None, token: str | None) -> None:
     """
     if address is not None and token is None and not is_loopback(address.host):
         raise ConfigError(
-            f"server.http: refusing to listen on {address} without an admin token: "
+            f"{key}: refusing to listen on {address} without an admin token: "
             f"set {TOKEN_ENV} or admin.token_file, or bind a loopback address")
 
 
@@ -295,7 +295,7 @@ class AdminHandlers:
                 raise ValueError
         except ValueError:
             raise ConfigError(f"limit: expected an integer from 1 to 1000, got {shown(q['limit'])}") from None
-        return web.json_response(self.control.audit_trail(q.get("model") or None, limit).to_json())
+        return web.json_response((await self.control.audit_trail(q.get("model") or None, limit)).to_json())
 
     async def predlog(self, request: web.Request) -> web.Response:
         return web.json_response((await self.control.predlog(request.match_info["model"])).to_json())

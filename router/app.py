@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from . import oip, ui
 from .lifecycle import Exchange
 from .limits import Listener, Timeouts
+from .proto import GENERATION_HEADER
 from .proto.errors import BadRequest, InferenceError, PayloadTooLarge, RequestTimeout, shown
 from .proto.link import FMT_MSGPACK
 
@@ -252,4 +253,10 @@ def make_app(lifecycle: Lifecycle, answers: oip.Answers, registry: CollectorRegi
     r.add_get("/metrics", h.metrics_endpoint)
     app.add_subapp("/admin/", admin)
     ui.add_routes(app)  # the web UI's built files (router/ui.py)
+    state = lifecycle.state
+
+    async def generation(_request: web.Request, response: web.StreamResponse) -> None:
+        response.headers[GENERATION_HEADER] = str(state.generation)  # as the hot path's replies say it
+
+    app.on_response_prepare.append(generation)
     return app

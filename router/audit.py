@@ -5,7 +5,9 @@ which the CLI and the UI send, and its address); a reload on SIGHUP runs as ``si
 is recorded once it has ended, ``ok``, ``refused`` (the request was wrong or not allowed now:
 nothing changed) or ``failed`` (it was tried and did not work: a deploy's standby failed, a
 validation refused the model), in memory (the newest :data:`KEEP`) and appended to a JSON-lines
-file that a restart reads back. ``GET /admin/audit`` and ``router audit`` read it.
+file that a restart reads back. ``GET /admin/audit`` and ``router audit`` read it. Routers that share
+the file (on one volume) append under the config file's lock and read the file itself, so each
+shows every router's changes.
 """
 
 from __future__ import annotations
@@ -41,10 +43,13 @@ class AuditTrail:
 
     Args:
         path: the JSON-lines file; None keeps the trail in memory only.
+        lock: the lock the routers sharing ``path`` append under (:meth:`router.sharedconfig.SharedConfig.locked`).
     """
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None,
+                 lock: Callable[[], contextlib.AbstractAsyncContextManager[None]] | None = None) -> None:
         self.path = path
+        self.lock = lock
         self._entries: deque[dict[str, Any]] = deque(maxlen=KEEP)
 
     async def load(self) -> None:
@@ -52,8 +57,15 @@ class AuditTrail:
         if self.path is not None:
             self._entries.extend(await asyncio.to_thread(_read, self.path))
 
+    async def read(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries, newest first, every router's that shares the file (read in a
+        thread); only ``model``'s when given."""
+        if self.path is not None:
+            self._entries = deque(await asyncio.to_thread(_read, self.path), maxlen=KEEP)
+        return self.entries(model, limit)
+
     def entries(self, model: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest ``limit`` entries, newest first; only ``model``'s when given."""
+        """The newest ``limit`` entries this router knows of, newest first; only ``model``'s when given."""
         out = []
         for e in reversed(self._entries):
             if model is None or e["model"] == model:
@@ -83,7 +95,8 @@ class AuditTrail:
         if self.path is None:
             return
         try:
-            await asyncio.to_thread(_append, self.path, json.dumps(entry, default=str))
+            async with self.lock() if self.lock is not None else contextlib.nullcontext():
+                await asyncio.to_thread(_append, self.path, json.dumps(entry, default=str))
         except OSError as exc:  # the change itself stands: the file is the record's copy, not the change
             log.error("audit trail: could not append to %s: %s", self.path, exc)
 

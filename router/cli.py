@@ -60,6 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, server=server_cfg)
         token = resolve_token(config)
         check_bind(config.server.http, token)
+        check_bind(config.server.admin_http, token, "server.admin_http")
     except ConfigError as exc:
         log.error("invalid configuration: %s", exc)
         return 2

@@ -192,6 +192,9 @@ class ServerConfig:
     max_body_bytes: int = setting(16 * 1024 * 1024, lo=1024, hi=2**31 - 1,
                                   doc="largest HTTP body or msgpack frame accepted")
     drain_timeout_s: float = setting(10.0, lo=0, doc="on SIGTERM, how long in-flight requests may take")
+    drain_delay_s: float = setting(0.0, lo=0, hi=300, doc="on SIGTERM, how long requests are still served after "
+                                                          "readiness turns 503, while load balancers stop "
+                                                          "sending")
     max_inflight_per_worker: int = setting(1024, lo=1, doc="requests outstanding on one worker before 503")
     worker_start_timeout_s: float = setting(60.0, lo=1, doc="time a worker has to load and warm up")
     shadow_priority: Literal["idle", "normal"] = setting("idle", doc="CPU scheduling of shadow workers")
@@ -216,6 +219,9 @@ class ServerConfig:
     hang_timeout_s: float = setting(3.0, lo=0, doc="a worker owing answers that has answered nothing this long leaves "
                                                    "routing; 0: never")
     hang_restart_s: float = setting(15.0, lo=0, doc="a worker hung this long is killed and restarted; 0: never")
+    config_poll_s: float = setting(0.5, lo=0, hi=60, doc="how often config.toml is looked at for changes (made "
+                                                         "by another router sharing it, or by hand), which are "
+                                                         "then applied as a reload; 0: only on reload")
     history_interval_s: float = setting(10.0, lo=1, hi=3600, doc="resolution of the in-memory history "
                                                                  "(GET /admin/models/{m}/history)")
     history_s: float = setting(21600.0, lo=60, hi=7 * 86400, doc="how far back the in-memory history reaches")
@@ -352,6 +358,8 @@ class AdminConfig:
     token_file: Path | None = setting(None, doc="file holding the admin API's bearer token")
     audit_file: Path | None = setting(None, doc="where the audit trail of changes is appended (JSON lines); "
                                                 "absent: audit.jsonl beside config.toml")
+    read_only: bool = setting(False, doc="the file comes from elsewhere (GitOps: a ConfigMap): changes through "
+                                         "the admin API are refused; the file is still watched and reloaded")
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +372,8 @@ class Config:
     source: Path | None = field(default=None, compare=False)  # the file it was read from; not a key
     admin: AdminConfig = setting(AdminConfig(), doc="[admin]")
     predlog: PredlogConfig = setting(PredlogConfig(), doc="[predlog]")
+    generation: int = setting(0, lo=0, doc="the file's version: bumped by every change the admin API writes, "
+                                           "carried by replies (router/sharedconfig.py)")
 
     @property
     def store_path(self) -> Path:
@@ -532,7 +542,9 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     Raises:
         ConfigError: unreadable file, TOML syntax error, or invalid schema.
     """
-    p = Path(path).resolve()
+    # Absolute, links not followed: a ConfigMap's config.toml is a link into a ``..data`` folder the
+    # kubelet replaces on each update; the watch and every reload must keep reading it by its own name.
+    p = Path(path).absolute()
     try:
         raw = tomllib.loads(p.read_bytes().decode())  # TOML is UTF-8 whatever the locale says
     except FileNotFoundError:

@@ -19,6 +19,7 @@ import tomlkit
 
 from .config import Config, VersionConfig, parse_config
 from .proto.errors import ConfigError
+from .sharedconfig import generation_of
 
 
 def plain_number(v: float) -> int | float:
@@ -173,11 +174,34 @@ _VERSION_FIELDS = {f.name: f for f in dataclasses.fields(VersionConfig)}
 
 
 def _write(path: Path, doc: tomlkit.TOMLDocument) -> Config:
-    """Validate ``doc`` as at start-up, then replace the file with it; the parsed configuration."""
-    new = tomlkit.dumps(doc)
+    """Validate ``doc`` as at start-up, then replace the file with it, one generation on from the file's;
+    the parsed configuration."""
+    new = _bumped(doc, path)
     config = parse_config(tomlkit.parse(new).unwrap(), path)
     replace_text(path, new)
     return config
+
+
+def restore_text(path: Path, text: str) -> None:
+    """Put ``text`` back as the file (a change undone), one generation on from the file's now: a
+    generation never goes back, so every router sees the undo as a change of its own."""
+    replace_text(path, _bumped(tomlkit.parse(text), path))
+
+
+def _bumped(doc: tomlkit.TOMLDocument, path: Path) -> str:
+    """The document's text with its top-level ``generation`` set to the file's plus one."""
+    try:
+        current = generation_of(path.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        current = 0
+    if "generation" in doc:
+        doc["generation"] = current + 1
+        return tomlkit.dumps(doc)
+    # A first generation: after the file's opening comments, before any table (TOML wants it there).
+    lines = tomlkit.dumps(doc).splitlines(keepends=True)
+    at = next((i for i, line in enumerate(lines) if line.strip() and not line.lstrip().startswith("#")), len(lines))
+    key = f"generation = {current + 1}   # bumped by every change the admin API writes; replies carry it\n\n"
+    return "".join([*lines[:at], key, *lines[at:]])
 
 
 def replace_text(path: Path, text: str) -> None:

@@ -20,6 +20,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -61,6 +62,7 @@ from .results import (
     VersionsResult,
 )
 from .routing import Pool, Routing
+from .sharedconfig import SharedConfig
 from .state import ServerState
 from .store import (
     DEFAULT_LIMITS,
@@ -76,6 +78,9 @@ from .store import (
 from .store import remove as store_remove
 
 log = logging.getLogger("router.control")
+
+#: ``ROUTER_CONFIG_READONLY=1``: as ``[admin] read_only`` (a GitOps deployment sets it on the pod).
+READ_ONLY_ENV = "ROUTER_CONFIG_READONLY"
 
 
 class ControlPlane:
@@ -101,6 +106,8 @@ class ControlPlane:
         self.predlog_source: PredictionLog | None = None
         #: Every change asked for, and how it ended (the server gives it its file).
         self.audit = AuditTrail(None)
+        #: config.toml as shared with other routers (lock, watch, generation); None without a file.
+        self.shared: SharedConfig | None = None
 
     @property
     def config(self) -> Config:
@@ -112,6 +119,39 @@ class ControlPlane:
         if pool is None:
             raise NotFound(f"unknown model {shown(model)}")
         return pool
+
+    @property
+    def read_only(self) -> bool:
+        """The file comes from elsewhere (``[admin] read_only``, or ``ROUTER_CONFIG_READONLY=1``): no change
+        through the admin API may write it."""
+        return self.config.admin.read_only or os.environ.get(READ_ONLY_ENV, "") not in ("", "0")
+
+    @contextlib.asynccontextmanager
+    async def _change(self) -> AsyncIterator[None]:
+        """One change that writes config.toml at a time, here and in every router sharing the file: the
+        change lock, then the file's lock; a file another router changed since is applied first, so no
+        change is made on a stale picture and none is lost. Its generation is published after.
+
+        Raises:
+            ConfigFileError: 409, the file is read-only here (GitOps mode).
+        """
+        if self.read_only:
+            raise ConfigFileError("config.toml is read-only here ([admin] read_only or ROUTER_CONFIG_READONLY: "
+                                  "GitOps mode): change it where it comes from (its Git repository or "
+                                  "ConfigMap); every router reloads it when it changes", 409)
+        async with self.lock:
+            shared = self.shared
+            if shared is None:
+                yield
+                return
+            async with shared.locked():
+                if shared.changed():
+                    log.info("%s changed since it was applied here: applying it before this change", shared.path)
+                    await self._reload_locked()
+                try:
+                    yield
+                finally:
+                    shared.seen()
 
     async def _in_thread(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
@@ -199,9 +239,9 @@ class ControlPlane:
             raise NotFound("this router keeps no prediction log")
         return PredlogResult(**await self.predlog_source.describe(model, pool.log_rate))
 
-    def audit_trail(self, model: str | None = None, limit: int = 100) -> AuditResult:
+    async def audit_trail(self, model: str | None = None, limit: int = 100) -> AuditResult:
         """The newest ``limit`` changes (``model``'s only, when given), newest first (:mod:`router.audit`)."""
-        return AuditResult(self.audit.entries(model, limit))
+        return AuditResult(await self.audit.read(model, limit))
 
     def history(self, model: str, series: list[str] | None = None, since: float | None = None) -> HistoryResult:
         """The model's recent points (:mod:`router.history`): ``series`` (default all) after ``since``
@@ -240,7 +280,7 @@ class ControlPlane:
             ConfigFileError: the file cannot take the change (409) or cannot be written (500);
                 nothing changed.
         """
-        async with self.lock:
+        async with self._change():
             await self._set_traffic(model, weights or {}, shadow or {})
         return self.traffic(model)
 
@@ -288,55 +328,72 @@ class ControlPlane:
                 active pool, every other change was applied.
         """
         async with self.lock:
-            running_config = self.config
-            source = running_config.source
-            if source is None:
-                raise ConfigError("this daemon was not started from a config file: nothing to reload")
-            try:
-                new, digests = await self._in_thread(reload.read, source, running_config)
-            except ConfigError as exc:
-                self.metrics.reloads.labels("invalid").inc()
-                msg = str(exc)
-                log.error("reload: %s; nothing changed", msg if msg.startswith(str(source)) else f"{source}: {msg}")
-                raise
-            running = {(m, v): s.meta.sha256 for m, p in self.routing.active.items() for v, s in p.versions.items()}
-            plan = reload.plan(running_config, new, digests, running)
-            if plan.refused:
-                self.metrics.reloads.labels("refused").inc()
-                log.error("reload of %s refused, nothing changed: %s", source, "; ".join(plan.refused))
-                raise ReloadRefused("; ".join(plan.refused))
-            failed: list[str] = []
-            deployed: list[str] = []
-            for i, mc in enumerate(new.models):
-                if mc.name in plan.deploy or mc.name in plan.add:
-                    why = plan.deploy.get(mc.name, ("a new model",))
-                    log.info("reload: %s %s (%s)", "deploying" if mc.name in plan.deploy else "adding", mc.name,
-                             "; ".join(why))
-                    try:
-                        if mc.name in plan.add:
-                            await self.deployments.add(mc, f"models[{i}]")
-                        else:
-                            await self.deployments.deploy(mc, f"models[{i}]")
-                        deployed.append(mc.name)
-                    except (ConfigError, DeployFailed) as exc:
-                        log.error("reload: %s", exc)
-                        failed.append(str(exc))
-            # A deployed model runs the file's config; one whose deploy failed keeps what it ran, and one
-            # that failed to start is not served.
-            active = self.routing.active
-            new = dataclasses.replace(new, models=tuple(
-                active[m.name].config if m.name in plan.deploy else m for m in new.models if m.name in active))
-            self.deployments.apply_traffic(new)
-            for name in deployed:
-                if name in plan.add:
-                    await self._in_thread(self._count_store, name)
-            self.metrics.reloads.labels("failed" if failed else "ok").inc()
-            log.info("reloaded %s: %s", source, "; ".join([*plan.live, *(f"deployed {m}" for m in deployed)])
-                     if plan.live or deployed else "nothing applied (a deploy failed)" if failed else "no change")
-            if failed:
-                raise DeployFailed("; ".join(failed))
-            return ReloadResult(str(source), list(plan.live), {m: list(plan.deploy.get(m, ("a new model",)))
-                                                               for m in (*plan.deploy, *plan.add)})
+            return await self._reload_locked()
+
+    async def apply_file_change(self) -> None:
+        """The file changed under us (another router sharing it, an edit, a ConfigMap swap): apply it as a
+        reload does, unaudited (the change was recorded where it was made)."""
+        async with self.lock:
+            if self.shared is not None and self.shared.changed():
+                log.info("%s changed: applying it", self.shared.path)
+                await self._reload_locked()
+
+    async def _reload_locked(self) -> ReloadResult:
+        """:meth:`reload` under the lock. The file's version is marked looked at, applied or not (a file
+        that fails is tried again once it changes), and its generation published once it serves."""
+        if self.shared is not None:
+            self.shared.mark()
+        running_config = self.config
+        source = running_config.source
+        if source is None:
+            raise ConfigError("this daemon was not started from a config file: nothing to reload")
+        try:
+            new, digests = await self._in_thread(reload.read, source, running_config)
+        except ConfigError as exc:
+            self.metrics.reloads.labels("invalid").inc()
+            msg = str(exc)
+            log.error("reload: %s; nothing changed", msg if msg.startswith(str(source)) else f"{source}: {msg}")
+            raise
+        running = {(m, v): s.meta.sha256 for m, p in self.routing.active.items() for v, s in p.versions.items()}
+        plan = reload.plan(running_config, new, digests, running)
+        if plan.refused:
+            self.metrics.reloads.labels("refused").inc()
+            log.error("reload of %s refused, nothing changed: %s", source, "; ".join(plan.refused))
+            raise ReloadRefused("; ".join(plan.refused))
+        failed: list[str] = []
+        deployed: list[str] = []
+        for i, mc in enumerate(new.models):
+            if mc.name in plan.deploy or mc.name in plan.add:
+                why = plan.deploy.get(mc.name, ("a new model",))
+                log.info("reload: %s %s (%s)", "deploying" if mc.name in plan.deploy else "adding", mc.name,
+                         "; ".join(why))
+                try:
+                    if mc.name in plan.add:
+                        await self.deployments.add(mc, f"models[{i}]")
+                    else:
+                        await self.deployments.deploy(mc, f"models[{i}]")
+                    deployed.append(mc.name)
+                except (ConfigError, DeployFailed) as exc:
+                    log.error("reload: %s", exc)
+                    failed.append(str(exc))
+        # A deployed model runs the file's config; one whose deploy failed keeps what it ran, and one
+        # that failed to start is not served.
+        active = self.routing.active
+        new = dataclasses.replace(new, models=tuple(
+            active[m.name].config if m.name in plan.deploy else m for m in new.models if m.name in active))
+        self.deployments.apply_traffic(new)
+        for name in deployed:
+            if name in plan.add:
+                await self._in_thread(self._count_store, name)
+        self.metrics.reloads.labels("failed" if failed else "ok").inc()
+        log.info("reloaded %s: %s", source, "; ".join([*plan.live, *(f"deployed {m}" for m in deployed)])
+                 if plan.live or deployed else "nothing applied (a deploy failed)" if failed else "no change")
+        if self.shared is not None:
+            self.shared.seen()  # what serves is the file now (a model whose deploy failed keeps what it ran)
+        if failed:
+            raise DeployFailed("; ".join(failed))
+        return ReloadResult(str(source), list(plan.live), {m: list(plan.deploy.get(m, ("a new model",)))
+                                                           for m in (*plan.deploy, *plan.add)})
 
     @audited("deploy", "versions")
     async def deploy(self, model: str, versions: list[Any]) -> SwapResult:
@@ -350,7 +407,7 @@ class ControlPlane:
                 file cannot take them; nothing changed.
             DeployFailed: the standby pool failed; nothing changed.
         """
-        async with self.lock:
+        async with self._change():
             swap = await self._deploy(model, versions, "deploy")
             return self._swapped("deploy", model, swap)
 
@@ -373,7 +430,7 @@ class ControlPlane:
         try:
             yield
         except BaseException:
-            await self._in_thread(configfile.replace_text, source, before)
+            await self._in_thread(configfile.restore_text, source, before)
             raise
 
     @audited("rollback")
@@ -384,7 +441,7 @@ class ControlPlane:
             NotFound: unknown model.
             NoPreviousPool: none is kept warm.
         """
-        async with self.lock:
+        async with self._change():
             self._pool(model)
             swap = self.deployments.rollback(model)
             source = self.config.source
@@ -446,7 +503,7 @@ class ControlPlane:
             raise ConfigError(f"settings.{fixed[0]}: set by the rollout itself, not a setting")
         if percent is not None:
             percent = _percent(percent)
-        async with self.lock:
+        async with self._change():
             stored = await self._in_thread(stored_version, self.config.store_path, model, version)
             if stored.meta is None:
                 raise ConfigError(f"model {shown(model)} version {shown(version)} in the store is unusable: "
@@ -499,7 +556,7 @@ class ControlPlane:
                 traffic; nothing changed.
             DeployFailed: the standby pool failed; nothing changed.
         """
-        async with self.lock:
+        async with self._change():
             tables = [v.to_table() for v in self._pool(model).config.versions]
             rest = [t for t in tables if t["version"] != version]
             if len(rest) == len(tables):

@@ -353,7 +353,8 @@ class HttpProtocol(asyncio.Protocol):
         t = self.transport
         if t is None:
             return
-        close = self._close or self.state.draining
+        state = self.state
+        close = self._close or state.draining or state.stopping
         announce_close = announce_close or close
         parts = [b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, "Error").encode())]
         if ctype:
@@ -362,7 +363,7 @@ class HttpProtocol(asyncio.Protocol):
             parts.append(b"Connection: close\r\n")
         elif not self._minor:
             parts.append(b"Connection: keep-alive\r\n")
-        parts.append(b"Content-Length: %d\r\nDate: %s\r\n\r\n" % (len(body), _clock.date()))
+        parts.append(b"Content-Length: %d\r\nDate: %s\r\n%s\r\n" % (len(body), _clock.date(), state.generation_header))
         if len(body) < 65536:
             parts.append(body)
             t.write(b"".join(parts))

@@ -66,7 +66,7 @@ class Answers:
         return 200, b""
 
     def ready(self) -> tuple[int, bytes]:
-        if self.state.draining:
+        if self.state.draining or self.state.stopping:
             return 503, error_body("server is shutting down")
         if not self.state.started:
             return 503, error_body("starting: not every worker is live yet")

@@ -34,6 +34,7 @@ from .poll import BusyPoll
 from .predlog import PredictionLog
 from .proto.errors import ConfigError, DeployFailed, ReloadRefused
 from .routing import Routing
+from .sharedconfig import SharedConfig
 from .state import ServerState
 from .store import clean_staging
 from .wire import WireProtocol
@@ -70,7 +71,9 @@ class Server:
         self.control = ControlPlane(self.deployments, self.routing, self.metrics, self.state)
         self.control.predlog_source = self.predlog
         audit_file = config.admin.audit_file or (config.source.parent / "audit.jsonl" if config.source else None)
-        self.control.audit = AuditTrail(audit_file)
+        self.shared = SharedConfig(config.source, self.state.set_generation) if config.source is not None else None
+        self.control.shared = self.shared
+        self.control.audit = AuditTrail(audit_file, self.shared.locked if self.shared is not None else None)
         self.answers = Answers(self.state, self.routing)
         # Only the active pools' shadow queues are reported: a standby or retired pool's never are.
         self.metrics.shadow_queues = lambda: (t for p in self.routing.active.values() for t in p.active_shadows())
@@ -110,8 +113,9 @@ class Server:
         task.add_done_callback(self._reloads.discard)
 
     def request_stop(self) -> None:
-        """Begin shutdown (safe from a signal handler: it only sets state)."""
-        self.state.draining = True
+        """Begin shutdown (safe from a signal handler: it only sets state): readiness turns 503 now; requests
+        are refused once ``server.drain_delay_s`` has passed (:meth:`run`)."""
+        self.state.stopping = True
         self._stop.set()
 
     async def start(self) -> None:
@@ -120,6 +124,8 @@ class Server:
         # Before any push can run: what a crash left in the store's staging area is never a version.
         await asyncio.to_thread(clean_staging, self.config.store_path)
         await self.control.audit.load()
+        if self.shared is not None:
+            self.shared.seen()  # the file as started: its generation is what replies say
         await self.control.scan_store()
         log.info("starting %d worker(s) for %d model(s)", len(self.deployments.replicas), len(self.routing.active))
         await self.deployments.start()
@@ -129,6 +135,8 @@ class Server:
         loop = asyncio.get_running_loop()
         self._sweeper = loop.create_task(self._sweep(), name="deadline sweeper")
         self.history.start()
+        if self.shared is not None:
+            self.shared.watch(self.control.apply_file_change, self.config.server.config_poll_s)
         s = self.config.server
         timeouts = Timeouts.of(s)
         self._idle_sweeper = loop.create_task(sweep(self.state, timeouts), name="connection sweeper")
@@ -207,6 +215,11 @@ class Server:
         try:
             await self.start()
             await self._stop.wait()
+            delay = self.config.server.drain_delay_s
+            if delay:
+                # Load balancers see readiness fail and stop sending; what they still send is served.
+                log.info("shutting down: not ready; serving for %.1f s more (server.drain_delay_s)", delay)
+                await asyncio.sleep(delay)
             log.info("shutting down: draining")
         finally:
             await self.stop()
@@ -227,6 +240,8 @@ class Server:
     async def stop(self) -> None:
         """Stop accepting, drain in-flight requests, stop workers."""
         self.history.stop()
+        if self.shared is not None:
+            await self.shared.stop()
         self.state.draining = True
         routing = self.routing
         routing.poll.close()

@@ -35,17 +35,20 @@ _packb = msgpack.Packer().pack
 _MIDDLES: dict[tuple[int, str | None], bytes] = {}
 
 
-def reply_frame(rid: int | None, status: int, version: str | None, result: bytes | str) -> bytes:
-    """A whole reply frame; ``result`` is a msgpack body already encoded (bytes) or an error message."""
+def reply_frame(rid: int | None, status: int, version: str | None, result: bytes | str,
+                generation: bytes = b"\x00") -> bytes:
+    """A whole reply frame; ``result`` is a msgpack body already encoded (bytes) or an error message, and
+    ``generation`` the configuration generation, packed (:attr:`router.state.ServerState.generation_item`)."""
     if isinstance(result, bytes):
         middle = _MIDDLES.get((status, version))
         if middle is None:
             middle = _packb(status) + _packb(version)
             if len(_MIDDLES) < 1024:  # versions come from the config: few
                 _MIDDLES[(status, version)] = middle
-        head = b"\x94" + _packb(rid) + middle
-        return pack_header(len(head) + len(result)) + head + result
+        head = b"\x95" + _packb(rid) + middle
+        return pack_header(len(head) + len(result) + len(generation)) + head + result + generation
     body = msgpack.packb([rid, status, version, result])
+    body = b"\x95" + body[1:] + generation  # the same array, one item longer
     return pack_header(len(body)) + body
 
 
@@ -135,7 +138,8 @@ class WireProtocol(asyncio.Protocol, Holding):
             # The version that answered; nil when none did (refused before reaching a worker).
             version = (ex.answered or None) if ex.counted is not None else None
             self._write(reply_frame(ex.tag, status, version,
-                                    payload if status == 200 else payload.decode(errors="replace")))
+                                    payload if status == 200 else payload.decode(errors="replace"),
+                                    self.lifecycle.state.generation_item))
             if self._last is not None and not self.in_flight:
                 self._close_with_last()
         self.lifecycle.written(ex, status, 0, payload)
@@ -179,7 +183,7 @@ class WireProtocol(asyncio.Protocol, Holding):
             return
         if self._last is None:
             t.pause_reading()
-            self._last = reply_frame(None, exc.status, None, str(exc))
+            self._last = reply_frame(None, exc.status, None, str(exc), self.lifecycle.state.generation_item)
         if not self.in_flight:
             self._close_with_last()
 

@@ -250,3 +250,11 @@ async def start_server(tmp_path: Path, config: str, versions: dict[str, list[str
     await s.deployments.start()
     s.state.started = True
     return s, replicas
+
+
+def without_generation(text: str) -> str:
+    """A config text without the ``generation`` line every write adds or bumps: a change that failed puts the
+    rest back as it was, one generation on."""
+    import re
+
+    return re.sub(r"(?m)^generation = \d+.*\n\n?", "", text)

@@ -32,7 +32,7 @@ def test_each_change_is_recorded_with_who_what_and_how_it_ended(tmp_path):
             await c.remove("fraud", "1")
         await c.rollback("fraud")
 
-        entries = c.audit_trail().entries
+        entries = (await c.audit_trail()).entries
         assert [(e["who"], e["action"], e["version"], e["result"]) for e in entries] == [
             ("bob@10.0.0.2", "rollback", None, "ok"),
             ("bob@10.0.0.2", "remove", "1", "refused"),
@@ -47,8 +47,8 @@ def test_each_change_is_recorded_with_who_what_and_how_it_ended(tmp_path):
         assert "9" in entries[-2]["error"] and "unknown version" in entries[-2]["error"]
         assert "in use" in entries[1]["error"] or "pool" in entries[1]["error"]
         assert [e["time"] for e in entries] == sorted((e["time"] for e in entries), reverse=True)
-        assert [e["action"] for e in c.audit_trail("fraud", limit=2).entries] == ["rollback", "remove"]
-        assert c.audit_trail("churn").entries == []
+        assert [e["action"] for e in (await c.audit_trail("fraud", limit=2)).entries] == ["rollback", "remove"]
+        assert (await c.audit_trail("churn")).entries == []
 
         # The file beside config.toml has them all, oldest first; a restart reads them back.
         lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]

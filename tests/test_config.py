@@ -238,10 +238,10 @@ def test_unknown_key_message_lists_exactly_the_fields(cls):
 
 
 def test_top_level_keys_are_the_config_fields_but_source():
-    assert sorted(settings(Config)) == ["admin", "models", "predlog", "server", "store"]
+    assert sorted(settings(Config)) == ["admin", "generation", "models", "predlog", "server", "store"]
     with pytest.raises(ConfigError) as e:
         parse_config({"source": "x", **base()})
-    assert str(e.value) == "source: unknown key (allowed: admin, models, predlog, server, store)"
+    assert str(e.value) == "source: unknown key (allowed: admin, generation, models, predlog, server, store)"
 
 
 def test_traffic_keys_are_the_live_version_keys():

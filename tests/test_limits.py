@@ -429,7 +429,7 @@ def test_names_echoed_in_errors_are_cut(strict):
         c.send(len(frame).to_bytes(4, "big") + frame)
         while len(c.buf) < 4 or len(c.buf) < 4 + int.from_bytes(c.buf[:4], "big"):
             c.fill()
-        rid, status, _, message = msgpack.unpackb(c.buf[4:])
+        rid, status, _, message, _ = msgpack.unpackb(c.buf[4:])
         assert status == 404 and len(message) < 200
     finally:
         c.close()

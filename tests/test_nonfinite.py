@@ -488,5 +488,5 @@ def test_a_daemon_rejects_or_allows_nan_per_model_over_http_and_msgpack(start_da
         buf = b""
         while len(buf) < 4 or len(buf) < 4 + int.from_bytes(buf[:4], "big"):
             buf += sock.recv(65536)
-    rid, status, _, message = msgpack.unpackb(buf[4:])
+    rid, status, _, message, _ = msgpack.unpackb(buf[4:])
     assert (rid, status, message) == (9, 400, REJECTED)

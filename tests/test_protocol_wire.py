@@ -55,8 +55,8 @@ def outputs(reply) -> np.ndarray:
 
 def test_single_request(conn, shared_daemon):
     conn.send(request(5, version="2"))
-    rid, status, version, result = conn.recv()
-    assert (rid, status, version) == (5, 200, "2")
+    rid, status, version, result, generation = conn.recv()
+    assert (rid, status, version, generation) == (5, 200, "2", 0)  # the configuration generation: none written
     assert result["model_name"] == "fraud" and result["model_version"] == "2"
     # Same answer as the HTTP front.
     import json
@@ -107,7 +107,7 @@ def test_routing_key_sticks_and_bin_keys_work(conn):
 ])
 def test_request_errors_keep_the_connection_open(conn, req, status, message):
     conn.send(req)
-    rid, got, version, result = conn.recv()
+    rid, got, version, result, _ = conn.recv()
     assert got == status and message in result and isinstance(result, str)
     conn.send(request(99))
     assert conn.recv()[1] == 200
@@ -127,7 +127,7 @@ def test_malformed_frames_get_an_error_frame_and_close_only_that_connection(shar
         good.send(request(1))
         assert good.recv()[1] == 200
         bad.send(garbage)
-        rid, got, version, message = bad.recv()
+        rid, got, version, message, _ = bad.recv()
         assert rid is None and got == status and version is None and isinstance(message, str) and message
         assert bad.closed_by_peer()
         good.send(request(2))
@@ -140,7 +140,7 @@ def test_malformed_frames_get_an_error_frame_and_close_only_that_connection(shar
 def test_a_malformed_body_inside_a_good_envelope_is_a_400_reply(conn):
     body = msgpack.packb([8, "fraud", None, None, {}])[:-1] + b"\x81\xa6inputs\xc1"
     conn.send(frame(body))
-    rid, status, _, message = conn.recv()
+    rid, status, _, message, _ = conn.recv()
     assert rid == 8 and status == 400 and "malformed msgpack" in message
 
 

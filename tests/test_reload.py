@@ -1,7 +1,9 @@
 """Config reload (SIGHUP, POST /admin/reload, `router reload`) and blue-green deploys, under
 continuous load with zero failed requests: traffic changes applied live, worker changes deployed to a
 standby pool and swapped in, rollback to the pool kept warm; invalid files, changes that need a
-restart and deploys that fail change nothing."""
+restart and deploys that fail change nothing. The daemons here do not watch their file
+(``config_poll_s = 0``): each change is applied by the reload the test asks for (the watch is in
+test_replicas.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections import Counter
 
 import pytest
 from conftest import ROOT, Daemon, children_of, free_port, write_config
+from fakes import without_generation
 from test_shadow import metric, scrape, wait_for
 
 #: Every test here starts processes (a daemon and its workers): the daemon layer as a whole.
@@ -78,7 +81,7 @@ def traffic(d) -> dict:
 
 
 def test_sighup_applies_a_weights_only_change_under_load_with_zero_failures(start_daemon):
-    d = start_daemon()
+    d = start_daemon(config_poll_s=0)
     pids = sorted(children_of(d.proc.pid))
     text = d.config.read_text()
     with Load(d) as load:
@@ -103,7 +106,7 @@ def test_sighup_applies_a_weights_only_change_under_load_with_zero_failures(star
 
 
 def test_invalid_files_and_restart_changes_are_refused_and_change_nothing(start_daemon):
-    d = start_daemon()
+    d = start_daemon(config_poll_s=0)
     good = d.config.read_text()
     before = traffic(d)
     cases = [
@@ -139,7 +142,7 @@ def rollback(d, model: str = "fraud") -> tuple[int, dict]:
 
 
 def test_a_worker_change_deploys_blue_green_and_rolls_back_under_load(start_daemon):
-    d = start_daemon()
+    d = start_daemon(config_poll_s=0)
     good = d.config.read_text()
     blue = models_info(d)
     assert blue["pool"] == "blue" and blue["previous"] is None
@@ -149,7 +152,8 @@ def test_a_worker_change_deploys_blue_green_and_rolls_back_under_load(start_daem
         status, res = post_reload(d)
         assert status == 200 and res["deployed"] == {"fraud": ["fraud/1: max_batch_size 32 -> 8"]}
         green = models_info(d)
-        assert green["pool"] == "green" and green["previous"] == {"pool": "blue", "versions": ["1", "2"]}
+        assert green["pool"] == "green" and green["previous"]["pool"] == "blue"
+        assert green["previous"]["versions"] == ["1", "2"] and 0 < green["previous"]["expires_in_s"] <= 300
         assert not pids_of(green) & pids_of(blue)
         assert all(pid in children_of(d.proc.pid) for pid in pids_of(blue))  # kept warm
         load.mark()
@@ -169,7 +173,7 @@ def test_a_worker_change_deploys_blue_green_and_rolls_back_under_load(start_daem
 
 
 def test_a_deploy_that_adds_a_version_under_load(start_daemon):
-    d = start_daemon(models=[{"name": "mlp-small", "keep_previous_s": 0.5,
+    d = start_daemon(config_poll_s=0, models=[{"name": "mlp-small", "keep_previous_s": 0.5,
                               "versions": [{"version": "1", "weight": 1}]}])
     old = pids_of(models_info(d, "mlp-small"))
     with Load(d, "mlp-small") as load:
@@ -190,7 +194,8 @@ def test_a_deploy_that_adds_a_version_under_load(start_daemon):
 def test_a_replaced_model_file_is_deployed_and_a_broken_one_changes_nothing(store, tmp_path):
     local = tmp_path / "store"
     shutil.copytree(store / "mlp-small" / "1", local / "mlp-small" / "1")
-    cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}])
+    cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}],
+                       config_poll_s=0)
     d = Daemon(cfg, free_port(), free_port(), dict(os.environ))
     try:
         d.wait_ready()
@@ -233,7 +238,7 @@ def test_a_replaced_model_file_is_deployed_and_a_broken_one_changes_nothing(stor
 
 
 def test_cli_reload_and_a_broken_file_on_sighup(start_daemon):
-    d = start_daemon()
+    d = start_daemon(config_poll_s=0)
     good = d.config.read_text()
     d.config.write_text(good.replace("weight = 10", "weight = 30"))
     out = subprocess.run([sys.executable, "-m", "router", "reload", "--url", d.url], cwd=ROOT,
@@ -251,7 +256,7 @@ def test_cli_reload_and_a_broken_file_on_sighup(start_daemon):
 
 
 def test_cli_deploy_by_reload_rollback_and_status(start_daemon):
-    d = start_daemon()
+    d = start_daemon(config_poll_s=0)
 
     def cli(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "router", *args, "--url", d.url], cwd=ROOT,
@@ -276,7 +281,7 @@ def deploy(d, model: str, versions) -> tuple[int, dict]:
 def test_deploy_api_swaps_under_load_writes_back_and_a_failed_one_changes_nothing(start_daemon, tmp_path):
     from router.config import load_config
 
-    d = start_daemon(models=[{"name": "mlp-small", "versions": [{"version": "1", "weight": 1}]}])
+    d = start_daemon(config_poll_s=0, models=[{"name": "mlp-small", "versions": [{"version": "1", "weight": 1}]}])
     d.config.write_text("# ops notes: keep this\n" + d.config.read_text())
     with Load(d, "mlp-small") as load:
         wait_for(lambda: load.statuses[200] >= 20 or None)
@@ -297,7 +302,7 @@ def test_deploy_api_swaps_under_load_writes_back_and_a_failed_one_changes_nothin
         ]:
             status, res = deploy(d, "mlp-small", body)
             assert status == code and words in res["error"], res
-            assert d.config.read_text() == text  # the file still says what serves
+            assert without_generation(d.config.read_text()) == without_generation(text)  # still says what serves
         assert models_info(d, "mlp-small")["pool"] == "green"
         assert rollback(d, "mlp-small")[1]["versions"] == ["1"]
         # The rollback is written back too: the file says what serves, so a reload changes nothing.
@@ -323,7 +328,8 @@ def test_a_model_that_raises_on_warm_up_aborts_the_deploy(store, tmp_path):
     meta["example"] = {"x": [[5000.0, 0.0, 0.0, 0.0]]}  # beyond +-1000: the model raises on it
     meta["version"] = "bad"  # every load checks that meta.json names its own directory
     (local / "mlp-small" / "bad" / "meta.json").write_text(json.dumps(meta))
-    cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}])
+    cfg = write_config(tmp_path / "config.toml", local, [{"name": "mlp-small", "versions": [{"version": "1"}]}],
+                       config_poll_s=0)
     d = Daemon(cfg, free_port(), free_port(), dict(os.environ))
     try:
         d.wait_ready()
@@ -337,14 +343,14 @@ def test_a_model_that_raises_on_warm_up_aborts_the_deploy(store, tmp_path):
             load.mark()
             wait_for(lambda: load.versions["1"] >= 20 or None)
         assert set(load.statuses) == {200} and set(load.versions) == {"1"}, load.statuses
-        assert cfg.read_text() == before
+        assert without_generation(cfg.read_text()) == without_generation(before)
         assert not set(children_of(d.proc.pid)) - pids_of(active)  # the standby workers are gone
     finally:
         assert d.stop() == 0
 
 
 def test_a_second_deploy_replaces_the_rollback_target_and_metrics_follow_the_active_pool(start_daemon):
-    d = start_daemon(models=[{"name": "mlp-small", "versions": [{"version": "1"}]}])
+    d = start_daemon(config_poll_s=0, models=[{"name": "mlp-small", "versions": [{"version": "1"}]}])
     blue = pids_of(models_info(d, "mlp-small"))
     assert deploy(d, "mlp-small", {"versions": [{"version": "1", "max_batch_size": 8}]})[1]["active"] == "green"
     green = pids_of(models_info(d, "mlp-small"))

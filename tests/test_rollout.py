@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import IN_PROCESS, FakeReplica, Replicas, fake_store, start_server
+from fakes import IN_PROCESS, FakeReplica, Replicas, fake_store, start_server, without_generation
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from test_lifecycle import Front, settle
@@ -193,7 +193,7 @@ def test_a_failed_rollout_puts_the_file_back_and_the_active_pool_keeps_serving(t
         before, pool = (tmp_path / "config.toml").read_text(), s.routing.active["fraud"]
         with pytest.raises(DeployFailed, match="the blue pool keeps serving"):
             await s.control.rollout("fraud", "3", percent=10)
-        assert (tmp_path / "config.toml").read_text() == before
+        assert without_generation((tmp_path / "config.toml").read_text()) == without_generation(before)
         assert s.routing.active["fraud"] is pool and "fraud" not in s.deployments.previous
         assert await answered_by(s, 100) == {"1", "2"}
         await s.deployments.stop()
@@ -367,7 +367,7 @@ def test_a_released_previous_pool_stops_at_once_and_its_versions_can_be_removed(
         assert not (tmp_path / "store/fraud/3").exists()
         with pytest.raises(NoPreviousPool, match="no previous pool kept warm to release"):
             await s.control.release("fraud")
-        assert [(e["action"], e["result"]) for e in s.control.audit_trail(limit=3).entries] == [
+        assert [(e["action"], e["result"]) for e in (await s.control.audit_trail(limit=3)).entries] == [
             ("release", "refused"), ("remove", "ok"), ("rollback", "refused")]
         await s.deployments.stop()
 
@@ -430,8 +430,8 @@ def test_add_model_appends_a_table_and_refuses_a_second_one(tmp_path):
     path.write_text(CONFIG)
     configfile.add_model(path, {"name": "churn", "versions": [{"version": "1", "weight": 1.0}]})
     text = path.read_text()
-    assert text.startswith(CONFIG) and text.endswith('\n\n[[models]]\nname = "churn"\n\n[[models.versions]]\n'
-                                                      'version = "1"\nweight = 1\n')
+    assert without_generation(text).startswith(CONFIG)
+    assert text.endswith('\n\n[[models]]\nname = "churn"\n\n[[models.versions]]\nversion = "1"\nweight = 1\n')
     with pytest.raises(ConfigError, match="already has a \\[\\[models\\]\\] entry named 'churn'"):
         configfile.add_model(path, {"name": "churn", "versions": [{"version": "1"}]})
     assert path.read_text() == text

@@ -50,17 +50,19 @@ def decode_reply(msg: Any) -> tuple[int | None, InferResult | InferenceError]:
     closing the connection.
 
     Raises:
-        ValueError: the reply is not a ``[id, status, version, result]`` array.
+        ValueError: the reply is not a ``[id, status, version, result, generation]`` array (or the first
+            four, from a server before the generation).
     """
-    if not isinstance(msg, list) or len(msg) != 4:
-        raise ValueError("malformed reply frame: not a 4-item array")
-    rid, status, version, result = msg
+    if not isinstance(msg, list) or len(msg) not in (4, 5):
+        raise ValueError("malformed reply frame: not a 4- or 5-item array")
+    rid, status, version, result = msg[:4]
+    generation = msg[4] if len(msg) == 5 and isinstance(msg[4], int) else None  # servers before it send 4
     if status != 200:
         return rid, from_status(status, result if isinstance(result, str) else repr(result))
     if not isinstance(result, dict):
         raise ValueError("malformed reply frame: the result of a 200 reply must be a map")
     return rid, InferResult(msgpack_outputs(result.get("outputs")), result.get("model_name", ""),
-                            result.get("model_version") or version or "", result.get("id"))
+                            result.get("model_version") or version or "", result.get("id"), generation)
 
 
 class FrameBuffer:

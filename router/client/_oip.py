@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import msgpack
 
+from ..proto import GENERATION_HEADER
 from ..proto.errors import InferenceError, from_status
 from ._result import InferResult
 from ._tensors import binary_tensors, from_buffer, from_json, json_tensors, msgpack_outputs, msgpack_tensors
@@ -120,7 +121,7 @@ def decode_infer(status: int, get_header: Callable[[str], str | None], body: byt
         if not isinstance(reply, dict):
             raise ValueError("malformed msgpack reply: not a map")
         return InferResult(msgpack_outputs(reply.get("outputs")), reply.get("model_name", ""),
-                           reply.get("model_version", ""), reply.get("id"))
+                           reply.get("model_version", ""), reply.get("id"), _generation(get_header))
     hcl = get_header(HCL)
     if hcl is None:
         head_len = len(body)
@@ -142,4 +143,10 @@ def decode_infer(status: int, get_header: Callable[[str], str | None], body: byt
         else:
             outputs[name] = from_buffer(body, offset, size, item["datatype"], item["shape"], name)
             offset += size
-    return InferResult(outputs, reply.get("model_name", ""), reply.get("model_version", ""), reply.get("id"))
+    return InferResult(outputs, reply.get("model_name", ""), reply.get("model_version", ""), reply.get("id"),
+                       _generation(get_header))
+
+
+def _generation(get_header: Callable[[str], str | None]) -> int | None:
+    raw = get_header(GENERATION_HEADER)
+    return int(raw) if raw is not None and raw.isdigit() else None

@@ -19,16 +19,19 @@ class InferResult:
         model_version: the version that answered (the pin, or the one the
             traffic split or routing key chose).
         id: the request id echoed by the server, or None when none was sent.
+        generation: the configuration generation of the router that answered (None from a router
+            that does not send it): during a rollout across routers, which configuration served.
     """
 
-    __slots__ = ("outputs", "model_name", "model_version", "id")
+    __slots__ = ("outputs", "model_name", "model_version", "id", "generation")
 
     def __init__(self, outputs: dict[str, np.ndarray], model_name: str, model_version: str,
-                 id: str | None = None) -> None:
+                 id: str | None = None, generation: int | None = None) -> None:
         self.outputs = outputs
         self.model_name = model_name
         self.model_version = model_version
         self.id = id
+        self.generation = generation
 
     def __getitem__(self, name: str) -> np.ndarray:
         """The output called ``name``.
