@@ -85,6 +85,7 @@ bench: build
 	$(PY) -m bench.chaos --json bench/out/chaos.json
 	$(PY) -m bench.drift --json bench/out/drift.json
 	$(PY) -m bench.predlog --json bench/out/predlog.json
+	$(PY) -m bench.propagation --json bench/out/propagation.json
 
 # A few seconds of every scenario: every request must succeed and every result parse.
 # No speed assertions (CI machines are noisy); the figures go to the log and the JSON.
@@ -98,6 +99,7 @@ bench-smoke: build
 	$(PY) -m bench.chaos --quick --json bench/out/chaos-smoke.json
 	$(PY) -m bench.drift --quick --json bench/out/drift-smoke.json
 	$(PY) -m bench.predlog --quick --json bench/out/predlog-smoke.json
+	$(PY) -m bench.propagation --quick --json bench/out/propagation-smoke.json
 
 # Coverage-guided fuzzing (tests/fuzz/): each target runs FUZZ_SECONDS under atheris, from its corpus
 # in tests/fuzz/corpus/<target>/; then libFuzzer's -merge=1 adds to that corpus only the inputs that reach

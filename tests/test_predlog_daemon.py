@@ -1,6 +1,6 @@
 """The prediction log through a real daemon, its writer process and real Parquet files.
 
-One daemon serves ``fraud`` (v1 live, v2 a shadow of every request, ``log_rate = 0.1``) and
+One daemon serves ``fraud`` (v1 live, v2 a shadow of half the callers, ``log_rate = 0.1``) and
 ``mlp-small`` (``log_rate = 1``, whose log folder starts out as a file: unwritable). The files and
 rows themselves are in test_predlog.py.
 """
@@ -39,7 +39,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Iterator[Da
                       f"[predlog]\npath = {json.dumps(str(log))}\nfile_s = 1\n\n"
                       f'[[models]]\nname = "fraud"\nrouting_key = "x-user-id"\nlog_rate = {RATE}\n'
                       '  [[models.versions]]\n  version = "1"\n'
-                      '  [[models.versions]]\n  version = "2"\n  shadow = 1.0\n  shadow_queue = 100000\n\n'
+                      '  [[models.versions]]\n  version = "2"\n  shadow = 0.5\n  shadow_queue = 100000\n\n'
                       '[[models]]\nname = "mlp-small"\nlog_rate = 1.0\n'
                       '  [[models.versions]]\n  version = "1"\n')
     d = Daemon(config, free_port(), free_port(), dict(os.environ))
@@ -82,9 +82,10 @@ def test_a_sample_of_the_requests_is_logged_with_their_inputs_outputs_and_shadow
                                  "request_id": f"req-{i}"} for i in range(REQUESTS)], depth=32)
     assert all(not isinstance(r, Exception) for r in results)
     replies = {f"req-{i}": r.outputs["probabilities"] for i, r in enumerate(results)}
-    # Every copy (100 % mirrored) answered, or dropped or timed out: a shadow (idle CPU priority) never holds
-    # the live path up, so under load some are lost. Then every sampled record is written.
-    copies = wait_for(lambda: sum((c := shadow_results(d, "2")).values()) == REQUESTS and c)
+    # Every copy (half the requests, by routing key) answered, or dropped or timed out: a shadow (idle CPU
+    # priority) never holds the live path up, so under load some are lost. Then every sampled record is written.
+    copies = wait_for(lambda: metric(scrape(d), "router_shadow_queue", model="fraud", version="2") == 0
+                      and shadow_results(d, "2"))
     assert copies["ok"] > 0 and copies["error"] == 0
     n = settled(d, "fraud")
     assert n["queue_full"] == n["writer_down"] == n["write_failed"] == 0

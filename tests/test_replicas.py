@@ -29,8 +29,8 @@ BODY = json.dumps({"inputs": [{"name": "features", "shape": [1, 8], "datatype": 
                                "data": [0.1, -0.2, 0.3, 0.0, 1.5, -1.0, 0.2, 0.4]}]}).encode()
 
 
-def config_text(store: Path) -> str:
-    return (f"[server]\ndrain_delay_s = 2\n\n[store]\npath = {json.dumps(str(store))}\n\n"
+def config_text(store: Path, drain_delay_s: float = 0) -> str:
+    return (f"[server]\ndrain_delay_s = {drain_delay_s}\n\n[store]\npath = {json.dumps(str(store))}\n\n"
             '[[models]]\nname = "fraud"\nrouting_key = "x-user-id"\n'
             '  [[models.versions]]\n  version = "1"\n  weight = 50\n'
             '  [[models.versions]]\n  version = "2"\n  weight = 50\n')
@@ -39,9 +39,9 @@ def config_text(store: Path) -> str:
 class Pair:
     """Two routers serving one config file."""
 
-    def __init__(self, root: Path, store: Path) -> None:
+    def __init__(self, root: Path, store: Path, drain_delay_s: float = 0) -> None:
         self.config = root / "config.toml"
-        self.config.write_text(config_text(store))
+        self.config.write_text(config_text(store, drain_delay_s))
         self.routers = [self.start(), self.start()]
 
     def start(self) -> Daemon:
@@ -66,8 +66,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory, store: Path) -> Iterator[Pair
 
 @pytest.fixture
 def own_pair(tmp_path: Path, store: Path) -> Iterator[Pair]:
-    """Two routers for a test that stops or kills one."""
-    p = Pair(tmp_path, store)
+    """Two routers that keep serving for 2 s after SIGTERM (``drain_delay_s``), for the test that stops one."""
+    p = Pair(tmp_path, store, drain_delay_s=2)
     try:
         yield p
     finally:
@@ -241,8 +241,8 @@ def test_sigterm_flips_readiness_at_once_and_drains_with_no_failed_request(own_p
     assert "not ready; serving for 2.0 s more" in a.log
 
 
-def test_a_killed_router_loses_no_change_it_accepted(own_pair):
-    pair = own_pair
+def test_a_killed_router_loses_no_change_it_accepted(pair):
+    """Last of the tests on the shared pair: it kills router a (and starts another in its place)."""
     a, b = pair.routers
     status, _ = a.call("PUT", "/admin/models/fraud/traffic", {"weights": {"1": 25, "2": 75}})
     assert status == 200
@@ -253,3 +253,58 @@ def test_a_killed_router_loses_no_change_it_accepted(own_pair):
     again = pair.start()
     pair.routers[0] = again
     assert weights(again) == {"1": 25, "2": 75}
+
+
+def test_gitops_a_configmap_swap_is_applied_and_changes_through_the_api_are_refused(tmp_path):
+    """config.toml from a ConfigMap: a link to ``..data/config.toml``, ``..data`` a link to a timestamped
+    folder that the kubelet replaces (in process, over fake workers: the swap and the apply are explicit)."""
+    import asyncio
+
+    from fakes import Replicas, fake_store
+
+    from router.config import load_config
+    from router.proto.errors import ConfigFileError
+    from router.server import Server
+
+    store = fake_store(tmp_path / "store", {"fraud": ["1", "2"]})
+    mount = tmp_path / "etc-router"
+    mount.mkdir()
+
+    def publish(n: int, weights: tuple[int, int]) -> None:
+        """What the kubelet does on a ConfigMap update: a new folder, then one rename of the ``..data`` link."""
+        folder = mount / f"..2026_12_03_{n}"
+        folder.mkdir()
+        (folder / "config.toml").write_text(
+            f'generation = {n}\n[server]\nhttp = ""\nmsgpack = ""\n[store]\npath = {json.dumps(str(store))}\n'
+            '[admin]\nread_only = true\n[[models]]\nname = "fraud"\n'
+            f'  [[models.versions]]\n  version = "1"\n  weight = {weights[0]}\n'
+            f'  [[models.versions]]\n  version = "2"\n  weight = {weights[1]}\n')
+        tmp = mount / "..data_tmp"
+        tmp.symlink_to(folder.name)
+        os.replace(tmp, mount / "..data")
+
+    publish(1, (90, 10))
+    (mount / "config.toml").symlink_to("..data/config.toml")
+
+    async def main() -> None:
+        s = Server(load_config(mount / "config.toml"), replica_factory=Replicas())
+        assert s.config.source == mount / "config.toml"  # its own name, not the folder it points into now
+        await s.deployments.start()
+        s.shared.seen()  # type: ignore[union-attr]
+        assert s.state.generation == 1
+        with pytest.raises(ConfigFileError, match="read-only here") as e:
+            await s.control.set_traffic("fraud", {"1": 50})
+        assert e.value.status == 409
+        for change in (s.control.rollback("fraud"), s.control.deploy("fraud", [{"version": "1"}]),
+                       s.control.rollout("fraud", "2", percent=50), s.control.drop("fraud", "2")):
+            with pytest.raises(ConfigFileError, match="GitOps mode"):
+                await change
+        publish(2, (30, 70))
+        assert s.shared.changed()  # type: ignore[union-attr]
+        await s.control.apply_file_change()
+        assert s.control.traffic("fraud").weights == {"1": 30, "2": 70}
+        assert s.state.generation == 2 and s.state.generation_header == b"Router-Config-Generation: 2\r\n"
+        assert not s.shared.changed()  # type: ignore[union-attr]
+        await s.deployments.stop()
+
+    asyncio.run(main())
