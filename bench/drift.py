@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +31,11 @@ from .load import (
     BenchError,
     Proc,
     free_port,
-    interrupt_on_sigterm,
     log,
+    metric_totals,
     parse_wrk,
-    require_tools,
+    round_options,
+    start_rounds,
     wait_http_ready,
 )
 from .payloads import PAYLOADS
@@ -67,28 +67,14 @@ def wrk(a: argparse.Namespace, port: int, model: str, duration: int) -> dict[str
 
 
 def window_rows(port: int, model: str) -> float:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == "router_drift_window_rows" and s.labels.get("model") == model)
+    return metric_totals(port, ("router_drift_window_rows",), model=model)["router_drift_window_rows"]
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.drift", description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
-    p.add_argument("--rounds", type=int, default=5, help="runs per model and side, alternating")
-    p.add_argument("--quick", action="store_true", help="two 3 s rounds (CI)")
-    p.add_argument("--json", type=Path, metavar="OUT")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
+    round_options(p, "runs per model and side, alternating")
     a = p.parse_args(argv)
-    interrupt_on_sigterm()
-    if a.quick:
-        a.duration, a.rounds = 3, 2
-    require_tools(p)
-    os.sched_setaffinity(0, {a.client_cpu})
+    start_rounds(p, a)
     result: dict[str, Any] = {"duration_s": a.duration, "rounds": a.rounds, "models": {}}
     with tempfile.TemporaryDirectory(prefix="bench-drift-") as tmp:
         from modelkit.demo import build_demo_store

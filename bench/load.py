@@ -1342,6 +1342,42 @@ def interrupt_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
+
+def round_options(p: argparse.ArgumentParser, rounds_help: str) -> None:
+    """The options of a benchmark that compares daemons in rounds of wrk runs (bench.drift, bench.predlog)."""
+    p.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
+    p.add_argument("--rounds", type=int, default=5, help=rounds_help)
+    p.add_argument("--quick", action="store_true", help="two 3 s rounds (CI)")
+    p.add_argument("--json", type=Path, metavar="OUT")
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--client-cpu", type=int, default=1)
+
+
+def start_rounds(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """What such a benchmark does before its first run: SIGTERM handling, ``--quick``, the tools, and the
+    harness kept on the client core."""
+    interrupt_on_sigterm()
+    if a.quick:
+        a.duration, a.rounds = 3, 2
+    require_tools(p)
+    os.sched_setaffinity(0, {a.client_cpu})
+
+
+def metric_totals(port: int, names: tuple[str, ...], **labels: str) -> dict[str, float]:
+    """Per metric name (as exposed, ``_total`` included), the sum of a daemon's samples whose labels
+    include ``labels``: one scrape of its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out = dict.fromkeys(names, 0.0)
+    for f in text_string_to_metric_families(text):
+        for s in f.samples:
+            if s.name in out and all(s.labels.get(k) == v for k, v in labels.items()):
+                out[s.name] += s.value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     interrupt_on_sigterm()

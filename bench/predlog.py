@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from .drift import wrk
-from .load import HOST, BenchError, Proc, free_port, interrupt_on_sigterm, log, require_tools, wait_http_ready
+from .load import HOST, BenchError, Proc, free_port, log, metric_totals, round_options, start_rounds, wait_http_ready
 
 RATES = (0.0, 0.01, 1.0)
 MODEL = "fraud"
@@ -40,33 +38,16 @@ def write_config(path: Path, store: Path, cpu: int, rate: float) -> None:
 
 
 def counts(port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    out = {"sampled": 0.0, "written": 0.0, "dropped": 0.0}
-    for f in text_string_to_metric_families(text):
-        for s in f.samples:
-            name = s.name.removeprefix("router_predlog_").removesuffix("_total")
-            if name in out and s.labels.get("model") == MODEL:
-                out[name] += s.value
-    return out
+    names = ("router_predlog_sampled_total", "router_predlog_written_total", "router_predlog_dropped_total")
+    totals = metric_totals(port, names, model=MODEL)
+    return {n.removeprefix("router_predlog_").removesuffix("_total"): v for n, v in totals.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.predlog", description=__doc__.splitlines()[0])
-    p.add_argument("--duration", type=int, default=10, help="seconds of each wrk run")
-    p.add_argument("--rounds", type=int, default=5, help="runs per daemon, the order rotating")
-    p.add_argument("--quick", action="store_true", help="two 3 s rounds (CI)")
-    p.add_argument("--json", type=Path, metavar="OUT")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
+    round_options(p, "runs per daemon, the order rotating")
     a = p.parse_args(argv)
-    interrupt_on_sigterm()
-    if a.quick:
-        a.duration, a.rounds = 3, 2
-    require_tools(p)
-    os.sched_setaffinity(0, {a.client_cpu})
+    start_rounds(p, a)
     result: dict[str, Any] = {"duration_s": a.duration, "rounds": a.rounds, "rates": {}}
     with tempfile.TemporaryDirectory(prefix="bench-predlog-") as tmp:
         from modelkit.demo import build_demo_store

@@ -47,23 +47,17 @@ _STABLE_S = 30.0
 
 
 class Sampled:
-    """A sampled live request, kept with its shadow copies until they answer (:meth:`PredictionLog.shadow`)."""
+    """A sampled live request, kept with its shadow copies until they answer (:meth:`PredictionLog.shadow`):
+    its exchange (one per request, never reused) and its reply."""
 
-    __slots__ = ("log", "request_id", "time", "model", "version", "protocol", "key", "fmt", "header_len", "body",
-                 "reply_header_len", "reply")
+    __slots__ = ("log", "request_id", "time", "ex", "reply_header_len", "reply")
 
     def __init__(self, plog: PredictionLog, request_id: str, when: float, ex: Exchange, reply_header_len: int,
                  reply: bytes) -> None:
         self.log = plog
         self.request_id = request_id
         self.time = when
-        self.model = ex.model
-        self.version = ex.answered
-        self.protocol = ex.protocol
-        self.key = ex.key
-        self.fmt = ex.fmt
-        self.header_len = ex.header_len
-        self.body = ex.body
+        self.ex = ex
         self.reply_header_len = reply_header_len
         self.reply = reply
 
@@ -145,15 +139,17 @@ class PredictionLog:
         """Record a sampled request that has been answered; returns it for its shadow copies."""
         self._seq += 1
         s = Sampled(self, f"{self._prefix}-{self._seq:x}", time.time(), ex, header_len, payload)
-        self._send(s.model, ["live", s.request_id, s.time, s.model, s.version, s.protocol, s.key, status,
-                             time.monotonic() - ex.t0, s.fmt, s.header_len, s.body, header_len, payload, None, None])
+        self._send(ex.model, ["live", s.request_id, s.time, ex.model, ex.answered, ex.protocol, ex.key, status,
+                              time.monotonic() - ex.t0, ex.fmt, ex.header_len, ex.body, header_len, payload, None,
+                              None])
         return s
 
     def shadow(self, s: Sampled, version: str, status: int, seconds: float, payload: bytes | None) -> None:
         """Record a sampled request's shadow answer: ``payload`` is the shadow's outputs (a msgpack reply)
         on 200, else its error message."""
-        self._send(s.model, ["shadow", s.request_id, s.time, s.model, version, s.protocol, s.key, status, seconds,
-                             s.fmt, s.header_len, s.body, s.reply_header_len, s.reply, s.version, payload])
+        ex = s.ex
+        self._send(ex.model, ["shadow", s.request_id, s.time, ex.model, version, ex.protocol, ex.key, status, seconds,
+                              ex.fmt, ex.header_len, ex.body, s.reply_header_len, s.reply, ex.answered, payload])
 
     def _send(self, model: str, record: list[Any]) -> None:
         counts = self.counts[model]

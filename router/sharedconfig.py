@@ -62,7 +62,6 @@ class SharedConfig:
         self.lock_path = path.with_name(f".{path.name}.lock")
         self.on_generation = on_generation
         self._seen: Stat | None = None
-        self.generation = 0
         # POSIX locks belong to the process, not the task: one holder here at a time, or one task closing
         # its descriptor would drop the lock another task of this router believes it holds.
         self._here = asyncio.Lock()
@@ -84,8 +83,7 @@ class SharedConfig:
             text = self.path.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return
-        self.generation = generation_of(text)
-        self.on_generation(self.generation)
+        self.on_generation(generation_of(text))
 
     @contextlib.asynccontextmanager
     async def locked(self) -> AsyncIterator[None]:

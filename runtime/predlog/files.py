@@ -144,7 +144,7 @@ class LogFiles:
             return
         now = self.clock()
         f.flushed = now
-        rows, records = f.rows, f.records
+        records = f.records
         columns = f.columns
         f.columns, f.rows, f.records = [[] for _ in f.schema], 0, 0
         totals = self.totals_of(model)
@@ -166,7 +166,6 @@ class LogFiles:
             self._abandon(f)
             return
         totals.written += records
-        del rows
         if size >= self.policy.file_bytes:
             self._close(model, f)
 

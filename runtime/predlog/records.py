@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -194,7 +195,7 @@ def _cells(arr: np.ndarray | None, scalar: bool, n: int, batchable: bool) -> lis
     return list(arr.reshape(n, -1))
 
 
-def read_meta_cached(store: Any) -> MetaOf:
+def read_meta_cached(store: Path) -> MetaOf:
     """A :data:`MetaOf` over the model store at ``store``, reading each version's meta.json once."""
     from router.proto.meta import read_meta
 
