@@ -24,7 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -32,8 +32,20 @@ from .config import PredlogConfig
 from .proto.errors import FrameError
 from .proto.framing import FrameScanner, pack_header
 
-if TYPE_CHECKING:
-    from .lifecycle import Exchange
+
+class Answered(Protocol):
+    """What the log reads of an answered request (:class:`router.lifecycle.Exchange`; named here, not
+    imported: the lifecycle calls the log, never the other way)."""
+
+    model: str
+    answered: str
+    protocol: str
+    key: str | bytes | None
+    fmt: int
+    header_len: int
+    body: bytes
+    t0: float
+
 
 log = logging.getLogger("router.predlog")
 
@@ -52,7 +64,7 @@ class Sampled:
 
     __slots__ = ("log", "request_id", "time", "ex", "reply_header_len", "reply")
 
-    def __init__(self, plog: PredictionLog, request_id: str, when: float, ex: Exchange, reply_header_len: int,
+    def __init__(self, plog: PredictionLog, request_id: str, when: float, ex: Answered, reply_header_len: int,
                  reply: bytes) -> None:
         self.log = plog
         self.request_id = request_id
@@ -135,7 +147,7 @@ class PredictionLog:
 
     # -- the hot side: called for sampled requests only -------------------------------------------------
 
-    def live(self, ex: Exchange, status: int, header_len: int, payload: bytes) -> Sampled:
+    def live(self, ex: Answered, status: int, header_len: int, payload: bytes) -> Sampled:
         """Record a sampled request that has been answered; returns it for its shadow copies."""
         self._seq += 1
         s = Sampled(self, f"{self._prefix}-{self._seq:x}", time.time(), ex, header_len, payload)
